@@ -1,0 +1,32 @@
+# Two commands do all set-up on a fresh machine: `make test` and (once the demo lands) `make demo`.
+TORCH_VERSION ?= 2.13.0
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install test lint bench-load clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch first, pinned: a bare `torch` requirement would pull the newest CUDA build.
+	$(PY) -m pip install --quiet "torch==$(TORCH_VERSION)"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m ruff check featureguard tests bench
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(PY) -m ruff check featureguard tests bench
+	$(PY) -m ruff format --check featureguard tests bench
+
+bench-load: $(STAMP)
+	$(PY) bench/load_memory.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

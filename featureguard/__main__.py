@@ -1,0 +1,5 @@
+import sys
+
+from featureguard.cli import main
+
+sys.exit(main())

@@ -1,0 +1,343 @@
+"""`wrap()` and `Guard`: attach policies to a model in place, guard its generation, detach.
+
+A guard owns three kinds of hooks, all removed by `detach()`:
+- one forward pre-hook on the model, which tells the layers which tokens a forward pass holds
+  (padding, special tokens, prompt or generated) before any layer runs;
+- one hook per hooked layer, which runs that layer's `LayerEngine` (score, decide, edit);
+- `model.generate`, replaced on the instance by a wrapper that adds a per-row stopping
+  criterion and a logits processor (a blocked row's next token is end-of-sequence), then
+  writes the audit records and `guard.last` when the call ends.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria
+from transformers import StoppingCriteriaList
+
+from featureguard.audit import AuditLog, JsonlSink, MemorySink
+from featureguard.engine import GenerationState, LayerEngine, StepContext
+from featureguard.errors import FeatureguardError, GuardError, HookError, PolicyError
+from featureguard.hooks import check_model_name, resolve_hook
+from featureguard.outcomes import SequenceOutcome, Trigger, collect
+from featureguard.policy import Policy, PolicySet, PolicySource, load_policies
+from featureguard.sae import load_sae
+from featureguard.streaming import GuardedStreamer
+
+AuditTarget = str | os.PathLike | JsonlSink | MemorySink
+CLOSED_MESSAGE = "This reply was withheld: the safety guard failed (fail_mode: closed)."
+
+
+class Guard:
+    """Policies attached to a model. Make one with `featureguard.wrap`."""
+
+    def __init__(
+        self, model: torch.nn.Module, policies: PolicySet, tokenizer: Any, audit: AuditLog
+    ) -> None:
+        self.model, self.policies, self.tokenizer, self.audit = model, policies, tokenizer, audit
+        self.last: list[SequenceOutcome] = []
+        self.last_request_id: str | None = None
+        self.layers: list[LayerEngine] = []
+        self._state: GenerationState | None = None
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._lock = threading.Lock()  # one guarded generation at a time per model
+        self._special = _special_ids(model, tokenizer)
+        self._attached = False
+        self._owns_sink = False  # set by wrap() when it opened the audit file itself
+
+    # ---- attach / detach ---------------------------------------------------------------------
+    def _attach(self) -> None:
+        by_sae: dict[str, list[Policy]] = {}
+        for p in self.policies.policies:
+            by_sae.setdefault(p.sae, []).append(p)
+        try:
+            for name, policies in by_sae.items():
+                self._attach_sae(name, policies)
+            self._handles.append(
+                self.model.register_forward_pre_hook(self._before_forward, with_kwargs=True)
+            )
+        except BaseException:
+            self._remove_hooks()
+            raise
+        original = self.model.generate
+
+        def generate(*args: Any, **kwargs: Any) -> Any:
+            return self._generate(original, args, kwargs)
+
+        self.model.generate = generate
+        self._attached = True
+
+    def _attach_sae(self, name: str, policies: list[Policy]) -> None:
+        spec = self.policies.saes[name]
+        features = sorted({f.index for p in policies for f in p.features})
+        header = load_sae(spec.path, features=[])  # config and shapes only
+        bad = [
+            f.where.problem(f"feature index {f.index} >= d_sae {header.d_sae} of SAE '{name}'")
+            for p in policies
+            for f in p.features
+            if f.index >= header.d_sae
+        ]
+        if bad:
+            raise PolicyError(bad)
+        hook_name = spec.hook or header.cfg.hook
+        if not hook_name:
+            raise PolicyError([spec.where.problem("the SAE's config names no hook; set 'hook'")])
+        try:
+            point = resolve_hook(self.model, hook_name)
+        except HookError as exc:
+            raise HookError(f"{spec.where.problem(str(exc))}") from exc
+        what = f"SAE '{name}' ({spec.path})"
+        point.check_width(header.d_in, what)
+        check_model_name(self.model, header.cfg.model_name, what)
+        param = next(point.module.parameters(), None)
+        if param is None:  # a parameter-free module: use the model's placement
+            param = next(self.model.parameters())
+        engine = LayerEngine(
+            sae_name=name,
+            hook=hook_name,
+            sae=load_sae(spec.path, features=features),
+            policies=policies,
+            device=param.device,
+            dtype=param.dtype,
+        )
+        self.layers.append(engine)
+        self._handles.append(point.attach(lambda x, engine=engine: self._on_layer(engine, x)))
+
+    def detach(self) -> None:
+        """Remove every hook and restore `model.generate`: the model is exactly as before."""
+        self._remove_hooks()
+        if self._attached:
+            del self.model.generate  # the instance attribute; the class method shows again
+            self._attached = False
+        if self._owns_sink:
+            self.audit.sink.close()
+
+    def _remove_hooks(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def __enter__(self) -> Guard:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.detach()
+
+    # ---- per forward pass ----------------------------------------------------------------------
+    def _before_forward(self, _module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        state = self._state
+        if state is None:
+            return None
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        mask = kwargs.get("attention_mask")
+        if ids is None:
+            raise GuardError("guarded generation needs input_ids (inputs_embeds is not supported)")
+        s = ids.shape[1]
+        valid = ~torch.isin(ids, self._special.to(ids.device))
+        if mask is not None:
+            valid &= mask[:, -s:].bool()
+        first = state.context is None
+        position = 0 if first else state.context.position + state.context.valid.shape[1]
+        if not first and s != 1:
+            raise GuardError("guarded generation needs the KV cache (use_cache=True)")
+        state.context = StepContext(valid=valid, is_prompt=first, position=position)
+        return None
+
+    def _on_layer(self, engine: LayerEngine, x: torch.Tensor) -> torch.Tensor | None:
+        state = self._state
+        if state is None:  # a plain forward outside guarded generation
+            return None
+        try:
+            return engine(x, state)
+        except Exception as exc:  # fail safe: never let a scoring bug pass silently
+            state.errors.append(f"{engine.sae_name}@{engine.hook}: {type(exc).__name__}: {exc}")
+            if self.policies.fail_mode == "closed":
+                state.blocked |= True
+            return None
+
+    # ---- generation ----------------------------------------------------------------------------
+    def _generate(self, original: Any, args: tuple, kwargs: dict) -> Any:
+        if (kwargs.get("num_beams") or 1) > 1 or kwargs.get("assistant_model") is not None:
+            raise GuardError("guarded generation supports greedy and sampling, not beam search")
+        if kwargs.get("use_cache") is False:
+            raise GuardError("guarded generation needs the KV cache (use_cache=True)")
+        ids = kwargs.get("input_ids", kwargs.get("inputs", args[0] if args else None))
+        if not isinstance(ids, torch.Tensor):
+            raise GuardError("guarded generate needs input_ids as a tensor")
+        request_id = kwargs.pop("request_id", None) or uuid.uuid4().hex
+        with self._lock:
+            state = GenerationState(batch=ids.shape[0], device=ids.device)
+            kwargs["stopping_criteria"] = StoppingCriteriaList(
+                [*(kwargs.get("stopping_criteria") or []), _StopBlocked(state)]
+            )
+            eos = _eos_id(self.model, self.tokenizer)
+            if eos is not None:
+                kwargs["logits_processor"] = LogitsProcessorList(
+                    [*(kwargs.get("logits_processor") or []), _ForceEOS(state, eos)]
+                )
+            started = time.perf_counter()
+            self._state = state
+            try:
+                out = original(*args, **kwargs)
+            finally:
+                self._state = None
+            self.last = collect(
+                state=state,
+                prompt=ids,
+                mask=kwargs.get("attention_mask"),
+                sequences=out if isinstance(out, torch.Tensor) else out.sequences,
+                request_id=request_id,
+                started=started,
+                tokenizer=self.tokenizer,
+                audit=self.audit,
+                closed_message=CLOSED_MESSAGE,
+            )
+            self.last_request_id = request_id
+        return out
+
+    def generate(
+        self, prompts: str | Sequence[str], *, request_id: str | None = None, **kwargs: Any
+    ) -> list[str]:
+        """Generate replies to `prompts`; a blocked reply is replaced by its policy's message."""
+        enc = self._encode(prompts)
+        self.model.generate(**enc, request_id=request_id, **_with_scored_last(kwargs))
+        return [o.text or "" for o in self.last]
+
+    def stream(self, prompt: str, *, request_id: str | None = None, **kwargs: Any) -> Iterator[str]:
+        """Yield the reply's text as it is generated, only for tokens already scored."""
+        streamer = self.streamer()
+        enc = self._encode(prompt)
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                self.model.generate(
+                    **enc, streamer=streamer, request_id=request_id, **_with_scored_last(kwargs)
+                )
+            except BaseException as exc:  # re-raised in the reader's thread
+                failure.append(exc)
+                streamer.end()
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        yield from streamer
+        thread.join()
+        if failure:
+            raise failure[0]
+
+    def streamer(self) -> GuardedStreamer:
+        """A streamer for `model.generate(streamer=...)` that holds each token until scored."""
+        if self.tokenizer is None:
+            raise GuardError("streaming needs a tokenizer: wrap(model, policies, tokenizer=tok)")
+        return GuardedStreamer(self, self.tokenizer)
+
+    def _encode(self, prompts: str | Sequence[str]) -> dict[str, torch.Tensor]:
+        if self.tokenizer is None:
+            raise GuardError("guard.generate needs a tokenizer: wrap(model, policies, tokenizer=)")
+        tok = self.tokenizer
+        texts = [prompts] if isinstance(prompts, str) else list(prompts)
+        side, tok.padding_side = tok.padding_side, "left"  # decoder-only models pad left
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        try:
+            enc = tok(texts, return_tensors="pt", padding=True)
+        finally:
+            tok.padding_side = side
+        device = next(self.model.parameters()).device
+        return {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+
+
+class _StopBlocked(StoppingCriteria):
+    """Ends exactly the rows a block policy stopped; other rows go on."""
+
+    def __init__(self, state: GenerationState) -> None:
+        self.state = state
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        return self.state.blocked.to(input_ids.device).clone()
+
+
+class _ForceEOS(LogitsProcessor):
+    """A blocked row's next token is end-of-sequence, so nothing follows the trigger."""
+
+    def __init__(self, state: GenerationState, eos: int) -> None:
+        self.state, self.eos = state, eos
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        forced = torch.full_like(scores, float("-inf"))
+        forced[:, self.eos] = 0.0
+        return torch.where(self.state.blocked.to(scores.device)[:, None], forced, scores)
+
+
+def _with_scored_last(kwargs: dict) -> dict:
+    """Ask for one more token: the last one generated never gets its own forward pass, so it
+    is never scored; the guard's own readers drop it."""
+    if "max_new_tokens" in kwargs:
+        return {**kwargs, "max_new_tokens": kwargs["max_new_tokens"] + 1}
+    return kwargs
+
+
+def _special_ids(model: torch.nn.Module, tokenizer: Any) -> torch.Tensor:
+    ids: set[int] = set()
+    if tokenizer is not None:
+        ids.update(int(i) for i in tokenizer.all_special_ids)
+    cfg = getattr(model, "config", None)
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        value = getattr(cfg, key, None)
+        ids.update(int(v) for v in (value if isinstance(value, list | tuple) else [value]) if v is not None)
+    return torch.tensor(sorted(ids), dtype=torch.long)
+
+
+def _eos_id(model: torch.nn.Module, tokenizer: Any) -> int | None:
+    gen = getattr(model, "generation_config", None)
+    eos = getattr(gen, "eos_token_id", None)
+    if eos is None and tokenizer is not None:
+        eos = tokenizer.eos_token_id
+    if isinstance(eos, list | tuple):
+        eos = eos[0] if eos else None
+    return None if eos is None else int(eos)
+
+
+def _open_audit(policies: PolicySet, audit: AuditTarget | None) -> AuditLog:
+    target = audit if audit is not None else policies.audit.path
+    sink = target if isinstance(target, JsonlSink | MemorySink) else JsonlSink(Path(target))
+    static = {"policy_file": policies.file} if policies.file else None
+    return AuditLog(sink, include_text=policies.audit.include_text, static=static)
+
+
+def wrap(
+    model: torch.nn.Module,
+    policies: PolicySource | PolicySet,
+    tokenizer: Any = None,
+    *,
+    audit: AuditTarget | None = None,
+) -> Guard:
+    """Attach `policies` to `model` in place; `model.generate` is guarded until `detach()`.
+
+    `policies` is a YAML path, a parsed mapping or a `PolicySet`. `audit` overrides the policy
+    file's audit path (a path, a `JsonlSink`, or a `MemorySink` for tests).
+    """
+    policy_set = policies if isinstance(policies, PolicySet) else load_policies(policies)
+    if getattr(model, "generate", None) is None:
+        raise GuardError(f"{type(model).__name__} has no generate(); wrap a *ForCausalLM model")
+    if "generate" in vars(model):
+        raise GuardError("this model is already wrapped: detach() the other guard first")
+    guard = Guard(model, policy_set, tokenizer, _open_audit(policy_set, audit))
+    guard._owns_sink = not isinstance(audit, JsonlSink | MemorySink)
+    try:
+        guard._attach()
+    except BaseException:
+        guard.detach()
+        raise
+    return guard
+
+
+__all__ = ["Guard", "SequenceOutcome", "Trigger", "wrap"]

@@ -1,0 +1,143 @@
+"""After a guarded call: step records → per-row outcomes (`guard.last`) and audit records.
+
+This is the only place decisions leave the device: once per call, a few small transfers.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from featureguard.audit import AuditLog
+from featureguard.engine import GenerationState
+
+GUARD_ERROR = "guard_error"
+
+
+@dataclass(frozen=True, slots=True)
+class Trigger:
+    """One policy triggering on one token."""
+
+    policy: str
+    """The policy's name."""
+    action: str
+    """What the policy does: log, block, suppress or steer."""
+    token_index: int
+    """Position of the token in its row, prompt included, left padding excluded."""
+    token: str | None
+    """The token's text (None without a tokenizer)."""
+    token_id: int
+    """The token's id."""
+    score: float
+    """Σ weight × activation at that token."""
+    features: dict[int, float]
+    """Activation of each of the policy's features at that token."""
+    in_prompt: bool
+    """Whether the token belongs to the prompt."""
+
+
+@dataclass(slots=True)
+class SequenceOutcome:
+    """What happened to one row of the latest call."""
+
+    blocked: bool = False
+    """Whether the row was stopped (by a block policy, or by a guard error in closed mode)."""
+    triggers: list[Trigger] = field(default_factory=list)
+    """Every trigger, in token order."""
+    text: str | None = None
+    """The reply as the user sees it: scored tokens only, or the policy's message when
+    blocked; None without a tokenizer."""
+    blocked_by: str | None = None
+    """Name of the policy that blocked the row (`guard_error` for a failure in closed mode)."""
+
+
+def collect(
+    *,
+    state: GenerationState,
+    prompt: torch.Tensor,
+    mask: torch.Tensor | None,
+    sequences: torch.Tensor,
+    request_id: str,
+    started: float,
+    tokenizer: Any,
+    audit: AuditLog,
+    closed_message: str,
+) -> list[SequenceOutcome]:
+    """Turn a finished call's step records into outcomes, and write its audit records."""
+    b, prompt_len = prompt.shape
+    pads = (prompt_len - mask.sum(dim=1)).tolist() if mask is not None else [0] * b
+    seqs = sequences.tolist()
+    outcomes = [SequenceOutcome() for _ in range(b)]
+    decode = (lambda i: tokenizer.decode([i])) if tokenizer is not None else (lambda i: None)
+    scored_len = 0
+    for rec in state.records:
+        scored_len = max(scored_len, rec.position + rec.triggered.shape[1])
+        hits = rec.triggered.nonzero().tolist()  # [[row, t, policy], ...]
+        if not hits:
+            continue
+        rows, ts, _ = zip(*hits, strict=True)
+        acts = rec.activations[list(rows), list(ts)].float().tolist()
+        scores = rec.scores[list(rows), list(ts)].float().tolist()
+        for (r, t, j), act, score in zip(hits, acts, scores, strict=True):
+            policy, pos = rec.layer.policies[j], rec.position + t
+            cols = rec.layer.cols[j].tolist()
+            trig = Trigger(
+                policy=policy.name,
+                action=policy.action,
+                token_index=pos - pads[r],
+                token=decode(seqs[r][pos]),
+                token_id=seqs[r][pos],
+                score=score[j],
+                features={f.index: act[c] for f, c in zip(policy.features, cols, strict=True)},
+                in_prompt=rec.is_prompt,
+            )
+            outcomes[r].triggers.append(trig)
+            if policy.action == "block" and not outcomes[r].blocked:
+                outcomes[r].blocked, outcomes[r].blocked_by = True, policy.name
+            audit.policy_triggered(
+                request_id=request_id,
+                sequence=r,
+                policy=policy.name,
+                action=policy.action,
+                severity=policy.severity,
+                sae=rec.layer.sae_name,
+                hook=rec.layer.hook,
+                features=[
+                    {"index": f.index, "label": f.label, "activation": trig.features[f.index]}
+                    for f in policy.features
+                ],
+                score=trig.score,
+                threshold=policy.threshold,
+                token_index=trig.token_index,
+                token_id=trig.token_id,
+                token=trig.token,
+                scope="prompt" if rec.is_prompt else "response",
+            )
+    failed_closed = bool(state.errors) and bool(state.blocked.all())
+    for error in state.errors:
+        audit.emit(GUARD_ERROR, request_id=request_id, error=error, fail_closed=failed_closed)
+    messages = {p.name: p.message for layer in {r.layer for r in state.records} for p in layer.policies}
+    for r, out in enumerate(outcomes):
+        out.triggers.sort(key=lambda t: t.token_index)
+        if failed_closed and not out.blocked:
+            out.blocked, out.blocked_by = True, GUARD_ERROR
+        if tokenizer is None:
+            continue
+        if out.blocked:
+            out.text = messages.get(out.blocked_by, closed_message)
+        else:
+            out.text = tokenizer.decode(seqs[r][prompt_len:scored_len], skip_special_tokens=True)
+    completion = [max(0, min(len(s), scored_len) - prompt_len) for s in seqs]
+    audit.request_completed(
+        request_id=request_id,
+        sequences=b,
+        policies_triggered=sorted({t.policy for o in outcomes for t in o.triggers}),
+        blocked=[r for r, o in enumerate(outcomes) if o.blocked],
+        prompt_tokens=int(prompt_len * b - sum(pads)),
+        completion_tokens=int(sum(completion)),
+        duration_ms=round((time.perf_counter() - started) * 1000, 3),
+    )
+    return outcomes

@@ -1,0 +1,36 @@
+"""Policy files: YAML in, frozen and validated `PolicySet` out (no torch, no other layer)."""
+
+from featureguard.policy.load import PolicySource, load_policies, load_policies_text, validate_files
+from featureguard.policy.model import (
+    ACTIONS,
+    FAIL_MODES,
+    SCOPES,
+    SEVERITIES,
+    AuditSpec,
+    FeatureSpec,
+    Location,
+    Policy,
+    PolicySet,
+    SAESpec,
+    SteerSpec,
+    SuppressSpec,
+)
+
+__all__ = [
+    "ACTIONS",
+    "FAIL_MODES",
+    "SCOPES",
+    "SEVERITIES",
+    "AuditSpec",
+    "FeatureSpec",
+    "Location",
+    "Policy",
+    "PolicySet",
+    "PolicySource",
+    "SAESpec",
+    "SteerSpec",
+    "SuppressSpec",
+    "load_policies",
+    "load_policies_text",
+    "validate_files",
+]
