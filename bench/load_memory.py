@@ -8,11 +8,13 @@ not the 19 GB of the whole file. This script
    fp32). The safetensors file is streamed chunk by chunk from a seeded numpy Generator, so
    the writer never holds more than one chunk;
 2. loads it, each time in a fresh subprocess, (a) whole, (b) with `features=` N random
-   features, (c) the same features with `dtype=torch.bfloat16`. Each child reports the wall
-   time of `load_sae`, its peak RSS (`getrusage(RUSAGE_SELF).ru_maxrss`), the peak RSS
-   before the load (after importing torch and featureguard: the baseline), the bytes held by
-   the loaded tensors, and the bytes it read (`rchar`) and fetched from the disk
-   (`read_bytes`) according to /proc/self/io;
+   features, (c) the same features with `dtype=torch.bfloat16`, (d) N features 1,000 columns
+   apart (W_enc columns under 4 KiB apart are read as one block: the case that costs most).
+   Each child reports the wall time of `load_sae`, its peak RSS
+   (`getrusage(RUSAGE_SELF).ru_maxrss`), the peak RSS before the load (the baseline: after
+   importing torch and featureguard and loading a tiny SAE once, so that first-use costs of
+   torch kernels are not charged to the load), the bytes held by the loaded tensors, and the
+   bytes it read (`rchar`) and fetched from the disk (`read_bytes`) per /proc/self/io;
 3. checks that the partial loads hold exactly the full load's columns/rows and that
    `encode_subset` on a random x gives bit-identical activations ("match");
 4. runs every case once "cold" (the file's pages evicted from the page cache with
@@ -21,7 +23,8 @@ not the 19 GB of the whole file. This script
 
 Run: `make bench-load`, or `.venv/bin/python bench/load_memory.py [--write-docs]`. With
 `--write-docs` the table replaces (or adds) its section in docs/benchmarks.md. The default
-run writes 1 GiB under /tmp and takes about a minute on 2 cores.
+run writes 1 GiB under /tmp (removed at the end unless `--keep`) and takes one to three
+minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -349,7 +352,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--d-in", type=int, default=2048, help="SAE input width (default 2048)")
     ap.add_argument("--d-sae", type=int, default=65536, help="dictionary size (default 65536)")
-    ap.add_argument("--features", type=int, default=16, help="features in the partial loads")
+    ap.add_argument(
+        "--features", type=int, default=16, help="features in the partial loads (default 16)"
+    )
     ap.add_argument("--dir", type=Path, help="where the SAE is written (default: a temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the written SAE for the next run")
     ap.add_argument("--repeat", type=int, default=3, help="warm runs per case (default 3)")
@@ -552,9 +557,10 @@ def report(rows: list[dict], size: int, features: dict[str, list[int]], load: tu
         'to the load. "Bytes read" is what the process asked the kernel for (`rchar`), '
         '"bytes from disk" what the kernel fetched (`read_bytes`); "cold" rows ran after '
         "evicting the file from the page cache with `posix_fadvise(DONTNEED)` (no root needed; "
-        f"checked with mincore); warm rows give {runs} and the largest peak. Every partial load was checked to hold exactly the full load's columns "
-        "and rows and to give bit-identical `encode_subset` activations on a random x. Times "
-        "depend on what else the machine runs (1-minute load average "
+        f"checked with mincore); warm rows give {runs} and the largest peak. Every partial "
+        "load was checked to hold exactly the full load's columns and rows and to give "
+        "bit-identical `encode_subset` activations on a random x. Times depend on what else "
+        "the machine runs (1-minute load average "
         f"{load[0]:.1f} before, {load[1]:.1f} after); RSS and byte counts do not."
     )
     section = (

@@ -20,12 +20,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria
-from transformers import StoppingCriteriaList
+from transformers import (
+    LogitsProcessor,
+    LogitsProcessorList,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
 
 from featureguard.audit import AuditLog, JsonlSink, MemorySink
 from featureguard.engine import GenerationState, LayerEngine, StepContext
-from featureguard.errors import FeatureguardError, GuardError, HookError, PolicyError
+from featureguard.errors import GuardError, HookError, PairingError, PolicyError
 from featureguard.hooks import check_model_name, resolve_hook
 from featureguard.outcomes import SequenceOutcome, Trigger, collect
 from featureguard.policy import Policy, PolicySet, PolicySource, load_policies
@@ -80,7 +84,9 @@ class Guard:
         features = sorted({f.index for p in policies for f in p.features})
         header = load_sae(spec.path, features=[])  # config and shapes only
         bad = [
-            f.where.problem(f"feature index {f.index} >= d_sae {header.d_sae} of SAE '{name}'")
+            f.where.problem(
+                f"feature index {f.index} >= d_sae {header.d_sae} of SAE '{name}'", "index"
+            )
             for p in policies
             for f in p.features
             if f.index >= header.d_sae
@@ -93,9 +99,12 @@ class Guard:
         try:
             point = resolve_hook(self.model, hook_name)
         except HookError as exc:
-            raise HookError(f"{spec.where.problem(str(exc))}") from exc
+            raise HookError(str(spec.where.problem(str(exc), "hook"))) from exc
         what = f"SAE '{name}' ({spec.path})"
-        point.check_width(header.d_in, what)
+        try:
+            point.check_width(header.d_in, what)
+        except PairingError as exc:
+            raise PairingError(str(spec.where.problem(str(exc)))) from exc
         check_model_name(self.model, header.cfg.model_name, what)
         param = next(point.module.parameters(), None)
         if param is None:  # a parameter-free module: use the model's placement
@@ -165,9 +174,15 @@ class Guard:
 
     # ---- generation ----------------------------------------------------------------------------
     def _generate(self, original: Any, args: tuple, kwargs: dict) -> Any:
-        if (kwargs.get("num_beams") or 1) > 1 or kwargs.get("assistant_model") is not None:
+        # A setting comes from the call, else from its generation_config, else the model's.
+        config = kwargs.get("generation_config") or getattr(self.model, "generation_config", None)
+
+        def setting(name: str) -> Any:
+            return kwargs[name] if name in kwargs else getattr(config, name, None)
+
+        if (setting("num_beams") or 1) > 1 or kwargs.get("assistant_model") is not None:
             raise GuardError("guarded generation supports greedy and sampling, not beam search")
-        if kwargs.get("use_cache") is False:
+        if setting("use_cache") is False:
             raise GuardError("guarded generation needs the KV cache (use_cache=True)")
         ids = kwargs.get("input_ids", kwargs.get("inputs", args[0] if args else None))
         if not isinstance(ids, torch.Tensor):
@@ -199,6 +214,8 @@ class Guard:
                 tokenizer=self.tokenizer,
                 audit=self.audit,
                 closed_message=CLOSED_MESSAGE,
+                fail_closed=self.policies.fail_mode == "closed",
+                eos=eos,
             )
             self.last_request_id = request_id
         return out
@@ -207,6 +224,7 @@ class Guard:
         self, prompts: str | Sequence[str], *, request_id: str | None = None, **kwargs: Any
     ) -> list[str]:
         """Generate replies to `prompts`; a blocked reply is replaced by its policy's message."""
+        self._require_attached()
         enc = self._encode(prompts)
         self.model.generate(**enc, request_id=request_id, **_with_scored_last(kwargs))
         return [o.text or "" for o in self.last]
@@ -235,9 +253,14 @@ class Guard:
 
     def streamer(self) -> GuardedStreamer:
         """A streamer for `model.generate(streamer=...)` that holds each token until scored."""
+        self._require_attached()
         if self.tokenizer is None:
             raise GuardError("streaming needs a tokenizer: wrap(model, policies, tokenizer=tok)")
         return GuardedStreamer(self, self.tokenizer)
+
+    def _require_attached(self) -> None:
+        if not self._attached:  # the model's generate is no longer guarded: refuse, not pretend
+            raise GuardError("this guard is detached; wrap the model again to generate through it")
 
     def _encode(self, prompts: str | Sequence[str]) -> dict[str, torch.Tensor]:
         if self.tokenizer is None:
@@ -261,7 +284,9 @@ class _StopBlocked(StoppingCriteria):
     def __init__(self, state: GenerationState) -> None:
         self.state = state
 
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+    def __call__(
+        self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any
+    ) -> torch.Tensor:
         return self.state.blocked.to(input_ids.device).clone()
 
 
@@ -292,7 +317,8 @@ def _special_ids(model: torch.nn.Module, tokenizer: Any) -> torch.Tensor:
     cfg = getattr(model, "config", None)
     for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
         value = getattr(cfg, key, None)
-        ids.update(int(v) for v in (value if isinstance(value, list | tuple) else [value]) if v is not None)
+        values = value if isinstance(value, list | tuple) else [value]
+        ids.update(int(v) for v in values if v is not None)
     return torch.tensor(sorted(ids), dtype=torch.long)
 
 

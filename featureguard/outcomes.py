@@ -65,8 +65,14 @@ def collect(
     tokenizer: Any,
     audit: AuditLog,
     closed_message: str,
+    fail_closed: bool,
+    eos: int | None,
 ) -> list[SequenceOutcome]:
-    """Turn a finished call's step records into outcomes, and write its audit records."""
+    """Turn a finished call's step records into outcomes, and write its audit records.
+
+    `fail_closed` is the policy set's fail mode: whether a guard error withholds every reply.
+    `eos` ends a row: its completion tokens are counted up to it, not through the padding after.
+    """
     b, prompt_len = prompt.shape
     pads = (prompt_len - mask.sum(dim=1)).tolist() if mask is not None else [0] * b
     seqs = sequences.tolist()
@@ -116,10 +122,11 @@ def collect(
                 token=trig.token,
                 scope="prompt" if rec.is_prompt else "response",
             )
-    failed_closed = bool(state.errors) and bool(state.blocked.all())
+    failed_closed = bool(state.errors) and fail_closed
     for error in state.errors:
         audit.emit(GUARD_ERROR, request_id=request_id, error=error, fail_closed=failed_closed)
-    messages = {p.name: p.message for layer in {r.layer for r in state.records} for p in layer.policies}
+    layers = {r.layer for r in state.records}
+    messages = {p.name: p.message for layer in layers for p in layer.policies}
     for r, out in enumerate(outcomes):
         out.triggers.sort(key=lambda t: t.token_index)
         if failed_closed and not out.blocked:
@@ -130,7 +137,7 @@ def collect(
             out.text = messages.get(out.blocked_by, closed_message)
         else:
             out.text = tokenizer.decode(seqs[r][prompt_len:scored_len], skip_special_tokens=True)
-    completion = [max(0, min(len(s), scored_len) - prompt_len) for s in seqs]
+    completion = [_completion_tokens(s[prompt_len:scored_len], eos) for s in seqs]
     audit.request_completed(
         request_id=request_id,
         sequences=b,
@@ -141,3 +148,8 @@ def collect(
         duration_ms=round((time.perf_counter() - started) * 1000, 3),
     )
     return outcomes
+
+
+def _completion_tokens(reply: list[int], eos: int | None) -> int:
+    """Tokens a row generated: through its first EOS (the padding after it is not generated)."""
+    return reply.index(eos) + 1 if eos in reply else len(reply)

@@ -1,11 +1,11 @@
 """Read a policy file (a path, YAML text or a parsed dict) into a validated `PolicySet`.
 
-Two passes, each reporting every problem rather than the first. `_Walker` turns the YAML node
-graph into plain values, records the line and column of every key path, and rejects what PyYAML
-would let through silently (duplicate keys, merge keys, unknown tags). `_Reader` checks the plain
-values against format version 1 and builds the dataclasses of `policy/model.py`, whose
-`__post_init__` adds the cross-field rules. A rejected value becomes None after its problem is
-recorded, so one broken key never hides the problems of its neighbours.
+Two passes, each reporting every problem rather than the first. `yaml_positions.parse` turns
+YAML text into plain values with the line and column of every key path (rejecting duplicate
+keys, merge keys, unknown tags). `_Reader` checks the plain values against format version 1 and
+builds the dataclasses of `policy/model.py`, whose `__post_init__` adds the cross-field rules. A
+rejected value becomes None after its problem is recorded, so one broken key never hides the
+problems of its neighbours.
 """
 
 from __future__ import annotations
@@ -20,155 +20,18 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-import yaml
-from yaml.composer import ComposerError
-
 import featureguard.policy.model as m
 from featureguard.errors import PolicyError, Problem
+from featureguard.policy.yaml_positions import MAX_CHARS, REPORTED, describe, parse, too_big
 
 __all__ = ["PolicySource", "load_policies", "load_policies_text", "validate_files"]
 
 PolicySource = str | os.PathLike[str] | Mapping[str, Any]
 """A path to a YAML policy file, or an already-parsed document (shown as `<dict>`)."""
 
-# Policy files are a few KiB. These caps turn hostile or accidental input (a huge file, nesting
-# deep enough to exhaust Python's recursion limit, aliases that expand exponentially) into one
-# clean problem instead of a hang or a RecursionError.
-_MAX_CHARS = 1 << 20
-_MAX_DEPTH = 32
-_MAX_VALUES = 100_000
 _MAX_TEXT = 4096
-
-_MAP, _SEQ, _MERGE = (f"tag:yaml.org,2002:{tag}" for tag in ("map", "seq", "merge"))
-_REPORTED = object()  # a YAML value the walker rejected: readers skip it without a second report
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 _HF_REF = re.compile(r"hf://[^/\s]+/[^/\s]+(/|$)")
-_TOO_MANY = f"expected at most {_MAX_VALUES} values, got more (aliases expand to copies)"
-_KINDS = {bool: "boolean", int: "integer", float: "number", str: "string"}
-
-
-def _describe(value: object) -> str:
-    """A value as a message shows it: its YAML kind, and the value itself when short."""
-    if value is None or isinstance(value, Mapping | list | tuple):
-        return "null" if value is None else "a mapping" if isinstance(value, Mapping) else "a list"
-    kind = _KINDS.get(type(value), type(value).__name__)
-    if isinstance(value, int) and value.bit_length() > 64:
-        return f"{kind} of {value.bit_length()} bits"  # its repr may pass Python's digit limit
-    text = str(value).lower() if isinstance(value, bool) else repr(value)
-    return f"{kind} {text if len(text) <= 40 else text[:37] + '...'}"
-
-
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that refuses deep nesting before its recursive composer hits Python's limit."""
-
-    depth = 0
-
-    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node:
-        if self.depth >= _MAX_DEPTH:
-            problem = f"expected at most {_MAX_DEPTH} levels of nesting, got more"
-            raise ComposerError(problem=problem, problem_mark=self.peek_event().start_mark)
-        self.depth += 1
-        try:
-            return super().compose_node(parent, index)
-        finally:
-            self.depth -= 1
-
-
-class _Walker:
-    """Turns a YAML node graph into plain values, recording where each key path is written."""
-
-    def __init__(self, loader: _Loader, file: str) -> None:
-        self.loader, self.file, self.budget = loader, file, _MAX_VALUES
-        self.marks: dict[str, tuple[int, int]] = {}
-        self.problems: list[Problem] = []
-
-    def fail(self, node: yaml.Node, path: str, message: str) -> object:
-        line, column = _position(node)
-        self.problems.append(Problem(self.file, line, column, path, message))
-        return _REPORTED
-
-    def value(self, node: yaml.Node, path: str, depth: int) -> Any:
-        self.budget -= 1
-        if self.budget < 0:  # aliases can make a short text expand to billions of values
-            return _REPORTED if self.budget < -1 else self.fail(node, path, _TOO_MANY)
-        if depth > _MAX_DEPTH:  # only a recursive alias gets here: the loader caps plain nesting
-            return self.fail(node, path, f"expected at most {_MAX_DEPTH} levels of nesting")
-        if isinstance(node, yaml.ScalarNode):
-            return self.scalar(node, path)
-        if node.tag not in (_MAP, _SEQ):
-            return self.fail(node, path, f"expected a plain mapping or list, got tag {node.tag!r}")
-        if isinstance(node, yaml.SequenceNode):
-            items = []
-            for i, item in enumerate(node.value):
-                self.marks[f"{path}[{i}]"] = _position(item)
-                items.append(self.value(item, f"{path}[{i}]", depth + 1))
-            return items
-        return self.mapping(node, path, depth)
-
-    def mapping(self, node: yaml.MappingNode, path: str, depth: int) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for key_node, value_node in node.value:
-            key = self.scalar(key_node, path) if isinstance(key_node, yaml.ScalarNode) else None
-            child = m.join_key(path, key) if isinstance(key, str) else path
-            if key is _REPORTED:
-                continue
-            if not isinstance(key, str):
-                got = _describe(key) if isinstance(key_node, yaml.ScalarNode) else key_node.id
-                self.fail(key_node, path, f"expected a string key, got {got} (quote it)")
-            elif key in out:  # PyYAML would keep the last value without a word
-                first = self.marks[child][0]
-                self.fail(
-                    key_node, child, f"expected each key once, got it again (first at line {first})"
-                )
-            else:
-                self.marks[child] = _position(key_node)
-                out[key] = self.value(value_node, child, depth + 1)
-        return out
-
-    def scalar(self, node: yaml.ScalarNode, path: str) -> Any:
-        if node.tag == _MERGE:
-            return self.fail(node, path, "expected plain keys, got a merge key '<<'")
-        try:
-            return self.loader.construct_object(node, deep=True)
-        except (yaml.YAMLError, ValueError, ArithmeticError) as exc:
-            reason = exc.problem if isinstance(exc, yaml.MarkedYAMLError) else str(exc)
-            tag = node.tag.replace("tag:yaml.org,2002:", "!!")
-            return self.fail(node, path, f"expected a value readable as {tag} ({reason})")
-
-
-def _position(node: yaml.Node) -> tuple[int, int]:
-    return node.start_mark.line + 1, node.start_mark.column + 1
-
-
-def _yaml_problem(exc: yaml.YAMLError, text: str, file: str) -> Problem:
-    """A YAML syntax error as one located problem, without PyYAML's multi-line rendering."""
-    if isinstance(exc, yaml.MarkedYAMLError):
-        mark = exc.problem_mark or exc.context_mark
-        line, column = (mark.line + 1, mark.column + 1) if mark else (None, None)
-        context = f" ({exc.context})" if exc.context and exc.problem else ""
-        return Problem(
-            file, line, column, "", f"invalid YAML: {exc.problem or exc.context}{context}"
-        )
-    # A ReaderError (a forbidden character) carries an offset into the text, not a mark.
-    at = getattr(exc, "position", 0)
-    line, column = text.count("\n", 0, at) + 1, at - text.rfind("\n", 0, at)
-    return Problem(file, line, column, "", f"invalid YAML: {str(exc).splitlines()[0]}")
-
-
-def _parse(text: str, file: str) -> tuple[Any, dict[str, tuple[int, int]], list[Problem]]:
-    """The single document in `text` as plain values, the position of each key path, problems."""
-    try:
-        loader = _Loader(text)
-        try:
-            root = loader.get_single_node()
-        finally:
-            loader.dispose()
-    except yaml.YAMLError as exc:
-        return _REPORTED, {}, [_yaml_problem(exc, text, file)]
-    walker = _Walker(loader, file)
-    walker.marks[""] = _position(root) if root is not None else (1, 1)
-    doc = walker.value(root, "", 0) if root is not None else None
-    return doc, walker.marks, walker.problems
 
 
 class _Reject(Exception):
@@ -198,7 +61,7 @@ class _Reader:
     def read(self, reader: _Read, value: Any, path: str) -> Any:
         """What `reader` makes of `value`, or None once its problem is recorded."""
         try:
-            return None if value is _REPORTED else reader(self, value, path)
+            return None if value is REPORTED else reader(self, value, path)
         except _Reject as exc:
             self.problems.append(self.where(path).problem(str(exc)))
             return None
@@ -206,7 +69,7 @@ class _Reader:
     def fields(self, value: Any, path: str, fields: _Fields) -> dict[str, Any]:
         """Each key of a mapping read (None where rejected); unknown and missing keys reported."""
         if not isinstance(value, Mapping):
-            raise _Reject(f"expected a mapping, got {_describe(value)}")
+            raise _Reject(f"expected a mapping, got {describe(value)}")
         out = {}
         for key, item in value.items():
             child = m.join_key(path, str(key))
@@ -247,11 +110,11 @@ def _complete(kwargs: Mapping[str, Any], fields: _Fields) -> bool:
 
 def _string(r: _Reader, value: Any, path: str, *, blank: bool = False) -> str:
     if not isinstance(value, str):
-        raise _Reject(f"expected a string, got {_describe(value)}")
+        raise _Reject(f"expected a string, got {describe(value)}")
     if len(value) > _MAX_TEXT:
         raise _Reject(f"expected at most {_MAX_TEXT} characters, got {len(value)}")
     if not (blank or value.strip()):
-        raise _Reject(f"expected a non-empty string, got {_describe(value)}")
+        raise _Reject(f"expected a non-empty string, got {describe(value)}")
     return value
 
 
@@ -265,30 +128,30 @@ def _sae_path(r: _Reader, value: Any, path: str) -> str:
     if _HF_REF.match(_file_path(r, value, path)):
         return value
     if _SCHEME.match(value):
-        raise _Reject(f"expected a local path or hf://org/repo[/path], got {_describe(value)}")
+        raise _Reject(f"expected a local path or hf://org/repo[/path], got {describe(value)}")
     return os.path.abspath(os.path.join(r.base_dir, os.path.expanduser(value)))
 
 
 def _number(r: _Reader, value: Any, path: str, *, positive: bool = False) -> float:
     # bool is an int in Python, but `threshold: true` is a mistake, not 1.0.
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise _Reject(f"expected a number, got {_describe(value)}")
+        raise _Reject(f"expected a number, got {describe(value)}")
     try:
         number = float(value)
     except OverflowError:
         number = math.inf
     if not math.isfinite(number):
-        raise _Reject(f"expected a finite number, got {_describe(value)}")
+        raise _Reject(f"expected a finite number, got {describe(value)}")
     if positive and number <= 0:
-        raise _Reject(f"expected a number > 0, got {_describe(value)}")
+        raise _Reject(f"expected a number > 0, got {describe(value)}")
     return number
 
 
 def _integer(r: _Reader, value: Any, path: str, *, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise _Reject(f"expected an integer, got {_describe(value)}")
+        raise _Reject(f"expected an integer, got {describe(value)}")
     if value < minimum:
-        raise _Reject(f"expected an integer >= {minimum}, got {_describe(value)}")
+        raise _Reject(f"expected an integer >= {minimum}, got {describe(value)}")
     return int(value)
 
 
@@ -296,27 +159,27 @@ def _choice(r: _Reader, value: Any, path: str, *, options: Sequence[str]) -> str
     if not (isinstance(value, str) and value in options):
         allowed = ", ".join(map(repr, options))
         raise _Reject(
-            f"expected one of {allowed}, got {_describe(value)}" + m.did_you_mean(value, options)
+            f"expected one of {allowed}, got {describe(value)}" + m.did_you_mean(value, options)
         )
     return value
 
 
 def _boolean(r: _Reader, value: Any, path: str) -> bool:
     if not isinstance(value, bool):
-        raise _Reject(f"expected true or false, got {_describe(value)}")
+        raise _Reject(f"expected true or false, got {describe(value)}")
     return value
 
 
 def _version(r: _Reader, value: Any, path: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value != 1:
-        raise _Reject(f"expected 1, got {_describe(value)} (this featureguard reads version 1)")
+        raise _Reject(f"expected 1, got {describe(value)} (this featureguard reads version 1)")
     return value
 
 
 def _list(r: _Reader, value: Any, path: str, *, item: _Read, what: str) -> tuple[Any, ...]:
     """The items, with None in place of each rejected one (so `construct` sees them)."""
     if not isinstance(value, list | tuple):
-        raise _Reject(f"expected a list of {what}, got {_describe(value)}")
+        raise _Reject(f"expected a list of {what}, got {describe(value)}")
     if not value:
         raise _Reject(f"expected at least one of the {what}, got an empty list")
     return tuple(r.read(item, x, f"{path}[{i}]") for i, x in enumerate(value))
@@ -332,7 +195,7 @@ def _sae(r: _Reader, value: Any, path: str, *, name: str) -> m.SAESpec | None:
 
 def _saes(r: _Reader, value: Any, path: str) -> Mapping[str, m.SAESpec] | None:
     if not isinstance(value, Mapping):
-        raise _Reject(f"expected a mapping of SAE names to SAEs, got {_describe(value)}")
+        raise _Reject(f"expected a mapping of SAE names to SAEs, got {describe(value)}")
     if not value:
         raise _Reject("expected at least one SAE, got an empty mapping")
     saes = {}
@@ -427,10 +290,8 @@ def _check_document(
 def _check_text(
     text: str, file: str, base_dir: Path, origin: str | None = None
 ) -> tuple[m.PolicySet | None, list[Problem]]:
-    if len(text) > _MAX_CHARS:
-        return None, [Problem(file, None, None, "", _too_big(len(text)))]
-    doc, marks, problems = _parse(text, file)
-    if doc is _REPORTED:
+    doc, marks, problems = parse(text, file)
+    if doc is REPORTED:
         return None, problems
     policies, more = _check_document(doc, file, marks, base_dir, origin)
     problems = sorted(problems + more, key=lambda p: (p.line or 0, p.column or 0))
@@ -441,19 +302,15 @@ def _check_file(path: str | os.PathLike[str]) -> tuple[m.PolicySet | None, list[
     file = os.fsdecode(path)
     try:
         with open(file, "rb") as stream:
-            data = stream.read(_MAX_CHARS + 1)
-        if len(data) > _MAX_CHARS:  # before decoding, which could split a character
-            return None, [Problem(file, None, None, "", _too_big(len(data)))]
+            data = stream.read(MAX_CHARS + 1)
+        if len(data) > MAX_CHARS:  # before decoding, which could split a character
+            return None, [Problem(file, None, None, "", too_big(len(data)))]
         text = data.decode("utf-8-sig")
     except (OSError, ValueError) as exc:  # ValueError: a NUL in the path, or not UTF-8
         hint = " (to load YAML text, use load_policies_text)" if "\n" in file else ""
         reason = getattr(exc, "strerror", None) or str(exc)
         return None, [Problem(file, None, None, "", f"cannot read the policy file: {reason}{hint}")]
     return _check_text(text, file, Path(file).parent, origin=file)
-
-
-def _too_big(size: int) -> str:
-    return f"expected a policy file of at most {_MAX_CHARS} characters, got {size} or more"
 
 
 def _result(policies: m.PolicySet | None, problems: list[Problem]) -> m.PolicySet:

@@ -43,7 +43,8 @@ def join_key(path: str, key: str) -> str:
 
 def did_you_mean(word: object, options: Collection[str]) -> str:
     """` (did you mean 'x'?)` for the option closest to `word`, or `""` when none is close."""
-    close = difflib.get_close_matches(word, list(options), n=1) if isinstance(word, str) else []
+    names = [option for option in options if isinstance(option, str)]  # a dict may hold others
+    close = difflib.get_close_matches(word, names, n=1) if isinstance(word, str) else []
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
@@ -132,12 +133,12 @@ class SuppressSpec:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SteerSpec:
-    """How the `steer` action pushes along the policy's feature directions."""
+    """How the `steer` action clamps the policy's features on every response token."""
 
     value: float | None = None
-    """Activation added to each feature."""
+    """Activation each feature is clamped to."""
     times_max: float | None = None
-    """Multiple of each feature's own `max` added to it."""
+    """Clamp each feature to this multiple of its own `max`."""
     where: Location = field(compare=False)
     """Where the section was written."""
 
@@ -186,8 +187,8 @@ class Policy:
     threshold: float
     """The policy triggers on a token when sum(weight * activation) > threshold."""
     action: Action
-    """log: record only; block: withhold the reply; suppress: edit the features; steer: add
-    along the features."""
+    """log: record only; block: withhold the reply; suppress: edit the features; steer: clamp
+    the features up on every response token."""
     scope: Scope = "both"
     """Which tokens are scored: the prompt's, the response's, or both."""
     window: int = 1

@@ -61,6 +61,11 @@ def load_sae(
     name = format or detect_format(path)
     if name not in FORMATS:
         raise SAELoadError(f"format {name!r} is not one of {sorted(FORMATS)}")
+    if (hookpoint or hp) and not getattr(FORMATS[name], "HOLDS_SEVERAL", False):
+        raise SAELoadError(
+            f"{ref}: a {name} SAE holds one dictionary; a hookpoint ({hookpoint or hp!r}) "
+            "only picks one SAE from a folder of several (sparsify runs)"
+        )
     if features is not None:
         features = tuple(int(i) for i in features)
         if len(set(features)) != len(features):

@@ -324,9 +324,18 @@ def _check(where: str, name: str, t: torch.Tensor, shape: tuple[int, ...]) -> No
             f"{where}: {name} has shape {list(t.shape)}, expected {list(shape)} "
             "(inconsistent shapes: is the file complete and of this format?)"
         )
-    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-        bad = int((~torch.isfinite(t)).sum())
+    if not t.is_floating_point():
+        return
+    flat = t.reshape(-1)
+    # In chunks: a whole-tensor isfinite() would briefly double a 19 GB dictionary's memory.
+    bad = sum(
+        int((~torch.isfinite(flat[i : i + _CHUNK])).sum()) for i in range(0, flat.numel(), _CHUNK)
+    )
+    if bad:
         raise SAEFormatError(f"{where}: {name} has {bad} NaN or infinite values")
+
+
+_CHUNK = 1 << 22
 
 
 def with_config(sae: SAE, **changes: object) -> SAE:

@@ -47,6 +47,8 @@ def fetch(ref: str) -> Path:
         ) from exc
     except (HfHubHTTPError, OSError, ValueError) as exc:
         raise SAELoadError(f"{ref}: cannot fetch from the Hugging Face Hub: {exc}") from exc
+    except Exception as exc:  # the HTTP stack's own errors (proxies, TLS) are not OSErrors
+        raise SAELoadError(f"{ref}: cannot fetch from the Hugging Face Hub: {exc!r}") from exc
     path = Path(root) / sub
     if not path.exists():
         raise SAELoadError(f"{ref}: the repository {repo_id} has no {sub!r}")

@@ -86,14 +86,12 @@ class _Raw:
                 runs.append([j])
         out = torch.empty((n_rows, len(cols)), dtype=self.dtype)
         for run in runs:
-            first, last = cols[run[0]], cols[run[-1]]
-            width = last - first + 1
-            buf = bytearray()
-            for r in range(n_rows):
-                buf += _pread(fd, width * isz, self.offset + (r * n_cols + first) * isz, self.path)
-            block = self._decode(buf, (n_rows, width))
-            for j in run:
-                out[:, j] = block[:, cols[j] - first]
+            first = cols[run[0]]
+            wanted = torch.tensor([cols[j] - first for j in run])
+            buf = bytearray((cols[run[-1]] - first + 1) * isz)  # one row's span, reused
+            for r in range(n_rows):  # memory stays one span, however far apart the columns
+                _pread_into(fd, buf, self.offset + (r * n_cols + first) * isz, self.path)
+                out[r, run] = self._decode(buf, (len(buf) // isz,))[wanted]
         return out
 
 
@@ -106,13 +104,17 @@ def _check_index(path: Path, index: Sequence[int], size: int) -> None:
 
 def _pread(fd: int, n: int, offset: int, path: Path) -> bytearray:
     buf = bytearray(n)
-    view, done = memoryview(buf), 0
+    _pread_into(fd, buf, offset, path)
+    return buf
+
+
+def _pread_into(fd: int, buf: bytearray, offset: int, path: Path) -> None:
+    view, done, n = memoryview(buf), 0, len(buf)
     while done < n:
         got = os.preadv(fd, [view[done:]], offset + done)
         if got == 0:
             raise SAEFormatError(f"{path}: file ends early (truncated at byte {offset + done})")
         done += got
-    return buf
 
 
 class TensorFile:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import tiny_world as tw
 import torch
 
@@ -24,9 +23,7 @@ def blocking(world: tw.World, tmp_path: Path, **policy: object) -> fg.Guard:
 
 def prompt_target(world: tw.World, tmp_path: Path) -> tw.Aim:
     """An SAE whose TARGET fires on one real prompt token (the one that stands out most)."""
-    mask = world.prompt_mask
-    candidates = [(r, p) for r in range(len(tw.PROMPTS)) for p in range(world.prompt_len) if mask[r, p]]
-    return world.aim(tmp_path / "sae-prompt", candidates)
+    return world.aim(tmp_path / "sae-prompt", world.prompt_tokens())
 
 
 def prompt_block_policy(world: tw.World, tmp_path: Path, target: tw.Aim) -> Path:
@@ -128,12 +125,14 @@ def test_prompt_scope_block_reply_is_message(world: tw.World, tmp_path: Path) ->
     assert torch.equal(out[others], world.bare[others])
 
 
-@pytest.mark.parametrize("window", [1])
-def test_block_stops_with_sampling(world: tw.World, tmp_path: Path, window: int) -> None:
-    """With sampling, a row that triggers still ends with EOS right after its trigger token."""
+def test_prompt_scope_block_with_sampling(world: tw.World, tmp_path: Path) -> None:
+    """With sampling too, a prompt-scope block makes EOS the row's first generated token."""
     target = prompt_target(world, tmp_path)
     path = prompt_block_policy(world, tmp_path, target)
-    with fg.wrap(world.model, path, tokenizer=world.tokenizer, audit=fg.MemorySink()):
+    enc = tw.encode(world.tokenizer, tw.PROMPTS)
+    with fg.wrap(world.model, path, tokenizer=world.tokenizer, audit=fg.MemorySink()) as guard:
         torch.manual_seed(0)
-        out = tw.generate(world.model, world.tokenizer, tw.PROMPTS, 8, do_sample=True, top_k=5)
+        out = world.model.generate(**enc, max_new_tokens=8, do_sample=True, top_k=5)
+        blocked = [o.blocked for o in guard.last]
     assert out[target.row, world.prompt_len].item() == EOS
+    assert blocked == [r == target.row for r in range(len(tw.PROMPTS))]

@@ -52,7 +52,8 @@ def test_log_trigger_reported_in_last(world: tw.World, tmp_path: Path) -> None:
     [t] = last[world.row].triggers
     token_id = int(world.bare[world.row, world.position])
     assert (t.policy, t.action, t.token_index) == ("watch", "log", world.token_index)
-    assert (t.token_id, t.token, t.in_prompt) == (token_id, world.tokenizer.decode([token_id]), False)
+    assert (t.token_id, t.token) == (token_id, world.tokenizer.decode([token_id]))
+    assert not t.in_prompt
     assert t.score > world.threshold
     assert t.score == pytest.approx(world.score, abs=1e-4)
     assert t.features == {tw.TARGET: pytest.approx(t.score, abs=1e-6)}

@@ -53,7 +53,11 @@ DOCS = st.recursive(
     SCALARS,
     lambda inner: st.one_of(
         st.lists(inner, max_size=4),
-        st.dictionaries(st.one_of(st.sampled_from(KEYS), st.text(max_size=8)), inner, max_size=4),
+        st.dictionaries(
+            st.one_of(st.sampled_from(KEYS), st.text(max_size=8), st.integers(0, 2)),
+            inner,
+            max_size=4,
+        ),
     ),
     max_leaves=20,
 )

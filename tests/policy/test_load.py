@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import NamedTuple
 
 import pytest
+from policy_cases import BASE, CASES, EXAMPLE, VALID, Case, edit, head
 
 from featureguard.errors import PolicyError
 from featureguard.policy import (
@@ -23,242 +23,7 @@ from featureguard.policy import (
     validate_files,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
-EXAMPLE = ROOT / "policies" / "example.yaml"
 NOWHERE = Location(file="<test>", line=None, column=None, key="")
-
-# Every key of the format, with three policies so that suppress and steer are both used.
-VALID = """\
-version: 1
-fail_mode: open
-saes:
-  res6:
-    path: ../saes/demo-res6
-    hook: blocks.6.hook_resid_post
-  hub:
-    path: hf://org/repo/sub/path
-policies:
-  - name: unsafe-code
-    description: code that turns off a security check
-    sae: res6
-    features:
-      - {index: 1234, label: disables TLS verification, weight: 1.0, max: 7.5}
-    threshold: 3.0
-    action: block
-    scope: response
-    window: 2
-    message: "This reply was withheld: it contained unsafe code."
-    severity: high
-  - name: quiet
-    sae: hub
-    features: [{index: 7, weight: 2, max: 4}]
-    threshold: 1
-    action: suppress
-    suppress: {method: clamp, times_max: -0.5, mode: always}
-  - name: calm
-    sae: res6
-    features: [{index: 5}]
-    threshold: 0.5
-    action: steer
-    steer: {value: 2.0}
-audit:
-  path: logs/audit.jsonl
-  include_text: false
-"""
-
-# A small valid file; the malformed cases below each change some of its lines.
-BASE = """\
-version: 1                                  # 1
-saes:                                       # 2
-  res6:                                     # 3
-    path: ../saes/demo-res6                 # 4
-    hook: blocks.6.hook_resid_post          # 5
-policies:                                   # 6
-  - name: unsafe-code                       # 7
-    sae: res6                               # 8
-    features:                               # 9
-      - {index: 1234, label: tls, max: 7.5} # 10
-      - {index: 99, weight: 0.5, max: 2.0}  # 11
-    threshold: 3.0                          # 12
-    action: block                           # 13
-  - name: calm                              # 14
-    sae: res6                               # 15
-    features: [{index: 5, max: 1.0}]        # 16
-    threshold: 1.0                          # 17
-    action: steer                           # 18
-    steer: {times_max: -1.0}                # 19
-"""
-LINES = BASE.splitlines()
-
-
-def _edit(line: int, new: str) -> str:
-    """BASE with line `line` (1-based) replaced by the lines of `new`, at its indentation."""
-    indent = LINES[line - 1][: len(LINES[line - 1]) - len(LINES[line - 1].lstrip())]
-    return (
-        "\n".join([*LINES[: line - 1], *(indent + x for x in new.split("\n")), *LINES[line:]])
-        + "\n"
-    )
-
-
-def _head(last: int, *tail: str) -> str:
-    """The first `last` lines of BASE followed by the lines `tail`."""
-    return "\n".join([*LINES[:last], *tail]) + "\n"
-
-
-class Case(NamedTuple):
-    id: str
-    text: str
-    line: int
-    key: str
-    fragment: str
-
-
-# id, file text; then the line, key path and message fragment of the problem expected.
-# fmt: off
-CASES = [
-    Case("threshold-bool", _edit(12, "threshold: true"),
-         12, "policies[0].threshold", "expected a number, got boolean true"),
-    Case("threshold-string", _edit(12, "threshold: '3'"),
-         12, "policies[0].threshold", "expected a number, got string '3'"),
-    Case("threshold-nan", _edit(12, "threshold: .nan"),
-         12, "policies[0].threshold", "expected a finite number, got number nan"),
-    Case("threshold-inf", _edit(12, "threshold: -.inf"),
-         12, "policies[0].threshold", "expected a finite number"),
-    Case("threshold-overflow", _edit(12, "threshold: 1" + "0" * 400),
-         12, "policies[0].threshold", "expected a finite number"),
-    Case("weight-nan", _edit(11, "- {index: 99, weight: .nan, max: 2.0}"),
-         11, "policies[0].features[1].weight", "expected a finite number"),
-    Case("max-zero", _edit(10, "- {index: 1234, label: tls, max: 0}"),
-         10, "policies[0].features[0].max", "expected a number > 0"),
-    Case("index-negative", _edit(10, "- {index: -1, label: tls, max: 7.5}"),
-         10, "policies[0].features[0].index", "expected an integer >= 0, got integer -1"),
-    Case("index-float", _edit(10, "- {index: 12.5, label: tls, max: 7.5}"),
-         10, "policies[0].features[0].index", "expected an integer, got number 12.5"),
-    Case("index-whole-float", _edit(10, "- {index: 12.0, label: tls, max: 7.5}"),
-         10, "policies[0].features[0].index", "expected an integer, got number 12.0"),
-    Case("index-string", _edit(10, "- {index: '1234', label: tls}"),
-         10, "policies[0].features[0].index", "expected an integer, got string '1234'"),
-    Case("index-bool", _edit(10, "- {index: true, label: tls}"),
-         10, "policies[0].features[0].index", "expected an integer, got boolean true"),
-    Case("unknown-top-key", BASE + "failmode: open\n",
-         20, "failmode", "unknown key (did you mean 'fail_mode'?)"),
-    Case("unknown-sae-key", _edit(5, "hok: blocks.6.hook_resid_post"),
-         5, "saes.res6.hok", "unknown key (did you mean 'hook'?)"),
-    Case("unknown-policy-key", _edit(12, "thresold: 3.0"),
-         12, "policies[0].thresold", "unknown key (did you mean 'threshold'?)"),
-    Case("unknown-feature-key", _edit(10, "- {index: 1234, lable: tls}"),
-         10, "policies[0].features[0].lable", "unknown key (did you mean 'label'?)"),
-    Case("unknown-key-no-match", _edit(13, "action: block\nzzz: 1"),
-         14, "policies[0].zzz", "unknown key (expected one of: name, description, sae,"),
-    Case("missing-threshold", _edit(17, "window: 1"),
-         14, "policies[1].threshold", "missing required key"),
-    Case("missing-name", _edit(14, "- description: calm"),
-         14, "policies[1].name", "missing required key"),
-    Case("missing-version", _edit(1, "# no version"),
-         2, "version", "missing required key"),
-    Case("version-2", _edit(1, "version: 2"),
-         1, "version", "expected 1, got integer 2"),
-    Case("version-string", _edit(1, "version: '1'"),
-         1, "version", "expected 1, got string '1'"),
-    Case("undefined-sae", _edit(8, "sae: res7"),
-         8, "policies[0].sae", "expected an SAE defined under saes ('res6'), got 'res7'"),
-    Case("empty-features", _edit(16, "features: []"),
-         16, "policies[1].features", "expected at least one of the features, got an empty list"),
-    Case("features-not-list", _edit(16, "features: {index: 5}"),
-         16, "policies[1].features", "expected a list of features, got a mapping"),
-    Case("duplicate-index", _edit(11, "- {index: 1234, max: 2.0}"),
-         11, "policies[0].features[1].index", "expected distinct indices, got 1234 again"),
-    Case("duplicate-policy-name", _edit(14, "- name: unsafe-code"),
-         14, "policies[1].name", "expected distinct policy names, got 'unsafe-code' again"),
-    Case("duplicate-yaml-key", _edit(10, "- {index: 1234, label: tls, index: 7}"),
-         10, "policies[0].features[0].index", "expected each key once, got it again"),
-    Case("duplicate-sae-name", _edit(3, "res6: {path: other}\nres6:"),
-         4, "saes.res6", "expected each key once, got it again (first at line 3)"),
-    Case("bad-yaml", _edit(13, "action: block: x"),
-         13, "", "invalid YAML: mapping values are not allowed here"),
-    Case("tab-indent", _edit(13, "\taction: block"),
-         13, "", "invalid YAML: found character '\\t' that cannot start any token"),
-    Case("two-documents", BASE + "---\nversion: 1\n",
-         20, "", "invalid YAML: but found another document"),
-    Case("top-level-list", "- version: 1\n",
-         1, "", "expected a mapping, got a list"),
-    Case("empty-file", "# nothing here\n",
-         1, "", "expected a mapping, got null"),
-    Case("no-policies", _head(5, "policies: []"),
-         6, "policies", "expected at least one of the policies, got an empty list"),
-    Case("missing-policies", _head(5),
-         1, "policies", "missing required key"),
-    Case("no-saes", "version: 1\nsaes: {}\n" + "\n".join(LINES[5:]),
-         2, "saes", "expected at least one SAE, got an empty mapping"),
-    Case("policy-not-mapping", _head(13, "  - just a string"),
-         14, "policies[1]", "expected a mapping, got string 'just a string'"),
-    Case("suppress-missing", _edit(13, "action: suppress"),
-         7, "policies[0].suppress", "missing section: required when action is 'suppress'"),
-    Case("steer-forbidden", _edit(18, "action: log"),
-         19, "policies[1].steer", "forbidden when action is 'log'"),
-    Case("suppress-forbidden", _edit(13, "action: block\nsuppress: {method: ablate}"),
-         14, "policies[0].suppress", "forbidden when action is 'block'"),
-    Case("clamp-both", _edit(13, "action: suppress\n"
-                                 "suppress: {method: clamp, value: 0, times_max: 1}"),
-         14, "policies[0].suppress",
-         "expected exactly one of value, times_max for method 'clamp', got both"),
-    Case("clamp-neither", _edit(13, "action: suppress\nsuppress: {method: clamp}"),
-         14, "policies[0].suppress", "got neither"),
-    Case("ablate-value", _edit(13, "action: suppress\nsuppress: {method: ablate, value: 0}"),
-         14, "policies[0].suppress.value", "forbidden for method 'ablate'"),
-    Case("steer-both", _edit(19, "steer: {value: 1, times_max: 1}"),
-         19, "policies[1].steer", "expected exactly one of value, times_max for steer, got both"),
-    Case("times-max-without-max", _edit(16, "features: [{index: 5}]"),
-         16, "policies[1].features[0].max", "missing: steer.times_max needs it (feature 5)"),
-    Case("window-zero", _edit(13, "action: block\nwindow: 0"),
-         14, "policies[0].window", "expected an integer >= 1, got integer 0"),
-    Case("window-float", _edit(13, "action: block\nwindow: 1.5"),
-         14, "policies[0].window", "expected an integer, got number 1.5"),
-    Case("action-enum", _edit(13, "action: blok"),
-         13, "policies[0].action", "expected one of 'log', 'block', 'suppress', 'steer', "
-                                   "got string 'blok' (did you mean 'block'?)"),
-    Case("scope-enum", _edit(13, "action: block\nscope: output"),
-         14, "policies[0].scope", "expected one of 'prompt', 'response', 'both'"),
-    Case("severity-enum", _edit(13, "action: block\nseverity: 3"),
-         14, "policies[0].severity", "expected one of 'low', 'medium', 'high', got integer 3"),
-    Case("fail-mode-enum", _edit(1, "version: 1\nfail_mode: shut"),
-         2, "fail_mode", "expected one of 'closed', 'open', got string 'shut'"),
-    Case("method-enum", _edit(13, "action: suppress\nsuppress: {method: zero}"),
-         14, "policies[0].suppress.method", "expected one of 'clamp', 'ablate'"),
-    Case("mode-enum", _edit(13, "action: suppress\nsuppress: {method: ablate, mode: never}"),
-         14, "policies[0].suppress.mode", "expected one of 'conditional', 'always'"),
-    Case("empty-name", _edit(14, "- name: ''"),
-         14, "policies[1].name", "expected a non-empty string, got string ''"),
-    Case("blank-sae-path", _edit(4, "path: '   '"),
-         4, "saes.res6.path", "expected a non-empty string"),
-    Case("null-hook", _edit(5, "hook:"),
-         5, "saes.res6.hook", "expected a string, got null"),
-    Case("blank-message", _edit(13, "action: block\nmessage: ' '"),
-         14, "policies[0].message", "expected a non-empty string"),
-    Case("description-list", _edit(13, "action: block\ndescription: [a]"),
-         14, "policies[0].description", "expected a string, got a list"),
-    Case("other-scheme", _edit(4, "path: s3://bucket/sae"),
-         4, "saes.res6.path", "expected a local path or hf://org/repo[/path]"),
-    Case("short-hf-ref", _edit(4, "path: hf://org"),
-         4, "saes.res6.path", "expected a local path or hf://org/repo[/path]"),
-    Case("long-label", _edit(10, "- {index: 1234, label: " + "x" * 5000 + "}"),
-         10, "policies[0].features[0].label", "expected at most 4096 characters, got 5000"),
-    Case("deep-nesting", _edit(12, "threshold: " + "[" * 100 + "]" * 100),
-         12, "", "expected at most 32 levels of nesting, got more"),
-    Case("non-string-key", _edit(5, "6: blocks.6.hook_resid_post"),
-         5, "saes.res6", "expected a string key, got integer 6"),
-    Case("unknown-tag", _edit(12, "threshold: !!python/name:os.system ''"),
-         12, "policies[0].threshold", "!!python/name:os.system"),
-    Case("merge-key", _edit(19, "steer: {<<: {value: 1}}"),
-         19, "policies[1].steer", "merge key '<<'"),
-    Case("audit-type", BASE + "audit: {path: log.jsonl, include_text: 1}\n",
-         20, "audit.include_text", "expected true or false, got integer 1"),
-    Case("audit-unknown-key", BASE + "audit: {paht: log.jsonl}\n",
-         20, "audit.paht", "unknown key (did you mean 'path'?)"),
-    Case("audit-not-mapping", BASE + "audit: log.jsonl\n",
-         20, "audit", "expected a mapping, got string 'log.jsonl'"),
-]
-# fmt: on
 
 
 def _write(tmp_path: Path, text: str) -> Path:
@@ -335,7 +100,7 @@ def test_valid_file_loads_into_expected_objects(tmp_path: Path) -> None:
 
 def test_defaults_are_applied() -> None:
     """Optional keys left out take the documented defaults."""
-    loaded = load_policies_text(_head(13))
+    loaded = load_policies_text(head(13))
     policy = loaded.policies[0]
     assert (loaded.fail_mode, loaded.audit, loaded.file) == (
         "closed",
@@ -355,7 +120,7 @@ def test_defaults_are_applied() -> None:
 
 def test_floats_accept_ints_and_values_have_float_type() -> None:
     """An int is accepted where a float is expected, and stored as a float."""
-    loaded = load_policies_text(_edit(12, "threshold: 3"))
+    loaded = load_policies_text(edit(12, "threshold: 3"))
     assert type(loaded.policies[0].threshold) is float
 
 
@@ -394,6 +159,23 @@ def test_dict_source_problems_name_dict() -> None:
         "<dict>: saes.s.path: expected a string, got integer 3",
         "<dict>: policies: expected at least one of the policies, got an empty list",
     ]
+
+
+def test_dict_source_with_non_string_names() -> None:
+    """A dict whose SAE names are not strings gives problems, also for references to them."""
+    policy = {
+        "name": "p",
+        "sae": "res",
+        "features": [{"index": 0}],
+        "threshold": 1,
+        "action": "log",
+    }
+    with pytest.raises(PolicyError) as info:
+        load_policies(
+            {"version": 1, "saes": {1: {"path": "x"}, "res6": {"path": "y"}}, "policies": [policy]}
+        )
+    assert [p.key for p in info.value.problems] == ["saes.1", "policies[0].sae"]
+    assert "did you mean 'res6'?" in info.value.problems[1].message
 
 
 def test_example_file_loads() -> None:
@@ -450,7 +232,7 @@ def test_malformed_file_gives_located_problem(tmp_path: Path, case: Case) -> Non
 
 def test_validate_files_reports_every_problem(tmp_path: Path) -> None:
     """All mistakes of a file are reported, in line order, not just the first."""
-    text = _edit(8, "sae: res7").replace("threshold: 3.0", "threshold: .nan")
+    text = edit(8, "sae: res7").replace("threshold: 3.0", "threshold: .nan")
     text = text.replace("index: 99,", "index: -4,").replace("action: steer", "action: stear")
     problems = validate_files([_write(tmp_path, text)])
     assert [(p.line, p.key) for p in problems] == [

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any
 import pytest
 import yaml
 from jsonschema import Draft202012Validator
+from policy_cases import BASE, CASES, EXAMPLE, ROOT, VALID
 
 from featureguard.policy import (
     ACTIONS,
@@ -28,27 +28,6 @@ from featureguard.policy import (
 )
 from featureguard.policy.model import SUPPRESS_METHODS, SUPPRESS_MODES
 
-
-def _load_cases() -> Any:
-    """tests/policy/test_load.py as a module, for its valid files and malformed table (pytest's
-    importlib import mode puts no test folder on sys.path, so a plain import cannot find it)."""
-    spec = importlib.util.spec_from_file_location(
-        "policy_cases", Path(__file__).with_name("test_load.py")
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_cases = _load_cases()
-BASE, CASES, EXAMPLE, ROOT, VALID = (
-    _cases.BASE,
-    _cases.CASES,
-    _cases.EXAMPLE,
-    _cases.ROOT,
-    _cases.VALID,
-)
 SCHEMA = json.loads((ROOT / "policies" / "schema.json").read_text(encoding="utf-8"))
 VALIDATOR = Draft202012Validator(SCHEMA)
 
@@ -66,7 +45,7 @@ LOADER_ONLY = {
     "bad-yaml": "not YAML at all",
     "tab-indent": "not YAML at all",
     "two-documents": "not one YAML document",
-    "unknown-tag": "a YAML tag, gone once parsed",
+    "unknown-tag": "a YAML tag: the parser refuses it before a schema sees any data",
     "merge-key": "YAML merge keys are resolved by the parser",
 }
 

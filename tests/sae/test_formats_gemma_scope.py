@@ -2,31 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
+import sae_format_fixtures as fx
 import torch
 
 from featureguard.errors import SAEFormatError
 from featureguard.sae import detect_format, load_sae
-
-
-def _fixtures() -> ModuleType:
-    """tests/sae/format_fixtures.py, imported by path: works in any pytest import mode."""
-    name = "featureguard_tests_format_fixtures"
-    if name not in sys.modules:
-        where = Path(__file__).with_name("format_fixtures.py")
-        spec = importlib.util.spec_from_file_location(name, where)
-        sys.modules[name] = module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-fx = _fixtures()
 
 
 def reference(arrays: dict[str, np.ndarray], x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

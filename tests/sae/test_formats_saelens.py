@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from featureguard.errors import FeatureguardError, SAELoadError
 from featureguard.sae import load_sae
 
-D_IN, D_SAE, K = 12, 40, 5  # as in fixtures.py (checked by test_fixture_sizes_match)
+D_IN, D_SAE, K = 12, 40, 5  # as in saelens_fixtures.py (checked by test_fixture_sizes_match)
 ATOL = 1e-5
 FEATURES = [31, 2, 17, 0, 39, 8]  # out of order on purpose
 

@@ -4,6 +4,10 @@ The SAEs have orthonormal decoder rows and `W_enc = W_decᵀ` (relu, no biases),
 feature is exactly recoverable: `pre_i = q_i · x`. Feature `TARGET` points along the hooked
 activation of one chosen token, with a threshold between that token's score and the next
 highest, so a policy on it triggers on exactly that token of a greedy generation.
+
+`aim` builds such an SAE for any token (a prompt token, padding, BOS, another layer);
+`world_fixture` shares one world per architecture across a session; `around_guard` records
+the hooked activation before and after the guard's edit in every forward pass.
 """
 
 from __future__ import annotations
@@ -112,6 +116,17 @@ class World:
             cache[row] = generate(self.model, self.tokenizer, [PROMPTS[row]], self.max_new_tokens)
         return cache[row]
 
+    def prompt_tokens(self) -> list[tuple[int, int]]:
+        """(row, position) of every real prompt token of the padded batch."""
+        mask = self.prompt_mask
+        return [(r, p) for r in range(mask.shape[0]) for p in range(mask.shape[1]) if mask[r, p]]
+
+    def reply_tokens(self) -> list[tuple[int, int]]:
+        """(row, position) of every real generated token of `bare`."""
+        real = real_tokens(self.bare)
+        return [(r, p) for r in range(real.shape[0]) for p in range(self.prompt_len, real.shape[1])
+                if real[r, p]]  # fmt: skip
+
     def aim(self, folder: Path, candidates: list[tuple[int, int]], *, hook: str | None = None,
             **kw: object) -> Aim:  # fmt: skip
         """`aim` over this world's bare generation (`hook` defaults to the world's)."""
@@ -122,6 +137,15 @@ class World:
 def encode(tok: PreTrainedTokenizerFast, prompts: list[str]) -> dict[str, torch.Tensor]:
     enc = tok(prompts, return_tensors="pt", padding=True)
     return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+
+def encode_with_bos(tok: PreTrainedTokenizerFast, prompts: list[str]) -> dict[str, torch.Tensor]:
+    """Like `encode`, with BOS (id 1) before each prompt, after its left padding."""
+    rows = [[1, *tok(p)["input_ids"]] for p in prompts]
+    width = max(map(len, rows))
+    ids = torch.tensor([[0] * (width - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    return {"input_ids": ids, "attention_mask": mask}
 
 
 def generate(model: torch.nn.Module, tok: PreTrainedTokenizerFast, prompts: list[str],
@@ -185,30 +209,28 @@ def aim(
     folder: Path,
     *,
     compare: torch.Tensor | None = None,
-    span: int = 1,
+    strict: bool = True,
 ) -> Aim:
     """Aim TARGET at whichever (row, position) of `candidates` stands out most.
 
-    With `span` > 1 TARGET points between the activations of the `span` tokens ending at
-    `position` (the sum of their unit vectors), and `score` is the lowest of their scores.
-    A candidate's margin is its score minus the highest score of any other token of `compare`
-    ([b, T] bool, default: the real tokens).
+    `ids` and `mask` are whole generated sequences and generate's attention mask for them. A
+    candidate's margin is its score (its activation's norm) minus the highest score of any
+    other token of `compare` ([b, T] bool, default: the real tokens); with `strict` the best
+    margin must be clearly positive.
     """
     acts = activations(model, hook, ids, mask)  # [b, T, d]
     compare = real_tokens(ids) if compare is None else compare
     best = None
     for row, position in candidates:
-        xs = acts[row, position - span + 1 : position + 1]
-        q = (xs / xs.norm(dim=-1, keepdim=True)).sum(0)
-        q = q / q.norm()
+        x = acts[row, position]
+        q = x / x.norm()
         proj = (acts @ q).masked_fill(~compare, float("-inf"))
-        top = float((xs @ q).min())
-        proj[row, position - span + 1 : position + 1] = float("-inf")
-        gap = top - float(proj.max())
+        proj[row, position] = float("-inf")
+        gap = float(x.norm() - proj.max())
         if best is None or gap > best[0]:
-            best = (gap, row, position, q, top, float(proj.max()))
+            best = (gap, row, position, q, float(x.norm()), float(proj.max()))
     gap, row, position, q, top, second = best
-    assert gap > 1e-3, "no token stands out; change the seed"
+    assert gap > 1e-3 or not strict, "no token stands out; change the seed"
     basis = orthonormal_with(q)
     write_saelens(folder, basis, hook)
     return Aim(folder, hook, basis, row, position, top, second, (top + second) / 2)
@@ -216,8 +238,7 @@ def aim(
 
 def orthonormal_with(q: torch.Tensor) -> torch.Tensor:
     """[D_SAE, d] orthonormal rows (fixed seed) whose row TARGET is the unit vector `q`."""
-    torch.manual_seed(1)
-    rest = torch.randn(D_SAE, q.shape[0])
+    rest = torch.randn(D_SAE, q.shape[0], generator=torch.Generator().manual_seed(1))
     rest[TARGET] = q
     order = [TARGET] + [i for i in range(D_SAE) if i != TARGET]
     qr, _ = torch.linalg.qr(rest[order].T)  # keeps the first column's direction (up to sign)

@@ -27,6 +27,7 @@ from featureguard.sae.model import SAE, SAEConfig
 from featureguard.sae.tensors import open_safetensors, read_json
 
 NAME = "sparsify"
+HOLDS_SEVERAL = True  # a run folder: `hookpoint=` picks one SAE
 CONFIG, WEIGHTS, RUN_CONFIG = "cfg.json", "sae.safetensors", "config.json"
 _DEFAULT_EXPANSION = 32  # sparsify's SparseCoderConfig default, for configs that omit it
 
