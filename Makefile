@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint bench-load clean
+.PHONY: install test lint bench-load demo demo-assets clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,14 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check featureguard tests bench
 	$(PY) -m ruff format --check featureguard tests bench
+
+# The bundled demo: the shipped model and SAE under log, block and suppress (under a minute).
+demo: $(STAMP)
+	$(PY) -m featureguard demo
+
+# Rebuild the demo's model, tokenizer, SAE and policies from scratch, seeded (2 cores: < 60 min).
+demo-assets: $(STAMP)
+	$(PY) -m featureguard.demo.build --scale full --out .
 
 bench-load: $(STAMP)
 	$(PY) bench/load_memory.py

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from featureguard.audit_cli import add_audit_commands
 from featureguard.errors import FeatureguardError
 
 
@@ -116,11 +117,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--audit", help="audit log path (default: the policy file's audit.path)")
     p.set_defaults(func=_run)
 
+    from featureguard import calibrate, discovery
+    from featureguard.demo import show
+
+    discovery.add_parser(sub)
+    calibrate.add_parser(sub)
+    show.add_parser(sub)
+
     p = sub.add_parser("audit", help="read audit logs")
     audit = p.add_subparsers(dest="audit_command", required=True)
     v = audit.add_parser("verify", help="check the hash chain; name the first bad line")
     v.add_argument("logs", nargs="+")
     v.set_defaults(func=_audit_verify)
+    add_audit_commands(audit)
     return parser
 
 

@@ -49,6 +49,8 @@ class StepRecord:
     activations: torch.Tensor  # [b, s, n_feat]
     scores: torch.Tensor  # [b, s, n_pol]
     triggered: torch.Tensor  # [b, s, n_pol] bool
+    valid: torch.Tensor | None = None  # [b, s] bool: the tokens scored (StepContext.valid)
+    top: tuple[torch.Tensor, torch.Tensor] | None = None  # [b, s, k] values, indices: topk trace
 
 
 @dataclass(slots=True)
@@ -79,8 +81,13 @@ class LayerEngine:
         policies: list[Policy],
         device: torch.device,
         dtype: torch.dtype,
+        trace_topk: int = 0,
     ) -> None:
+        """`trace_topk` > 0 (a `topk` trace; `sae` then holds every feature) also records the
+        k largest features of each token: one full encode per step, and no cost otherwise."""
         self.sae_name, self.hook, self.policies = sae_name, hook, policies
+        self.full = sae.to(device, dtype) if trace_topk else None
+        self.trace_topk = min(trace_topk, sae.d_sae)
         features = sorted({f.index for p in policies for f in p.features})
         self.features: tuple[int, ...] = tuple(features)
         self.sae = sae.select(features).to(device, dtype)
@@ -136,7 +143,13 @@ class LayerEngine:
         above = (scores > self.thresholds) & in_scope
         triggered = self._windowed(above, state)
         state.blocked |= (triggered & self.blocks).any(dim=(1, 2))
-        state.records.append(StepRecord(self, ctx.position, ctx.is_prompt, f, scores, triggered))
+        top = None
+        if self.full is not None:
+            k = torch.topk(self.full.encode(x), self.trace_topk, dim=-1)  # [b, s, k]
+            top = (k.values, k.indices)
+        state.records.append(
+            StepRecord(self, ctx.position, ctx.is_prompt, f, scores, triggered, ctx.valid, top)
+        )
         if not self.edits:
             return None
         response = (ctx.valid & (not ctx.is_prompt))[..., None].expand_as(in_scope)

@@ -28,6 +28,7 @@ from transformers import (
 )
 
 from featureguard.audit import AuditLog, JsonlSink, MemorySink
+from featureguard.audit.trace import TraceWriter
 from featureguard.engine import GenerationState, LayerEngine, StepContext
 from featureguard.errors import GuardError, HookError, PairingError, PolicyError
 from featureguard.hooks import check_model_name, resolve_hook
@@ -56,6 +57,9 @@ class Guard:
         self._special = _special_ids(model, tokenizer)
         self._attached = False
         self._owns_sink = False  # set by wrap() when it opened the audit file itself
+        spec = policies.audit.trace
+        self.trace = TraceWriter(spec.path, mode=spec.features, k=spec.k) if spec else None
+        self._trace_topk = spec.k if spec and spec.features == "topk" else 0
 
     # ---- attach / detach ---------------------------------------------------------------------
     def _attach(self) -> None:
@@ -112,10 +116,12 @@ class Guard:
         engine = LayerEngine(
             sae_name=name,
             hook=hook_name,
-            sae=load_sae(spec.path, features=features),
+            # a topk trace encodes every feature: load them all
+            sae=load_sae(spec.path, features=None if self._trace_topk else features),
             policies=policies,
             device=param.device,
             dtype=param.dtype,
+            trace_topk=self._trace_topk,
         )
         self.layers.append(engine)
         self._handles.append(point.attach(lambda x, engine=engine: self._on_layer(engine, x)))
@@ -216,6 +222,8 @@ class Guard:
                 closed_message=CLOSED_MESSAGE,
                 fail_closed=self.policies.fail_mode == "closed",
                 eos=eos,
+                include_text=self.policies.audit.include_text,
+                trace=self.trace,
             )
             self.last_request_id = request_id
         return out

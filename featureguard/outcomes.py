@@ -1,4 +1,5 @@
-"""After a guarded call: step records → per-row outcomes (`guard.last`) and audit records.
+"""After a guarded call: step records → per-row outcomes (`guard.last`), audit records and,
+when the policy file asks for one, a trace shard (numpy arrays handed to `audit.trace`).
 
 This is the only place decisions leave the device: once per call, a few small transfers.
 """
@@ -12,7 +13,8 @@ from typing import Any
 import torch
 
 from featureguard.audit import AuditLog
-from featureguard.engine import GenerationState
+from featureguard.audit.trace import TraceWriter
+from featureguard.engine import GenerationState, LayerEngine, StepRecord
 
 GUARD_ERROR = "guard_error"
 
@@ -67,11 +69,15 @@ def collect(
     closed_message: str,
     fail_closed: bool,
     eos: int | None,
+    include_text: bool = True,
+    trace: TraceWriter | None = None,
 ) -> list[SequenceOutcome]:
     """Turn a finished call's step records into outcomes, and write its audit records.
 
     `fail_closed` is the policy set's fail mode: whether a guard error withholds every reply.
     `eos` ends a row: its completion tokens are counted up to it, not through the padding after.
+    `include_text` False keeps token texts out of `request_completed.rows` (ids stay); `trace`
+    receives the call's per-token activations.
     """
     b, prompt_len = prompt.shape
     pads = (prompt_len - mask.sum(dim=1)).tolist() if mask is not None else [0] * b
@@ -146,8 +152,102 @@ def collect(
         prompt_tokens=int(prompt_len * b - sum(pads)),
         completion_tokens=int(sum(completion)),
         duration_ms=round((time.perf_counter() - started) * 1000, 3),
+        rows=_rows(seqs, pads, prompt_len, scored_len, eos, outcomes, tokenizer, include_text),
     )
+    if trace is not None:
+        _write_trace(trace, request_id, state, sequences, prompt_len, pads, scored_len)
     return outcomes
+
+
+def _rows(
+    seqs: list[list[int]],
+    pads: list[int],
+    prompt_len: int,
+    scored_len: int,
+    eos: int | None,
+    outcomes: list[SequenceOutcome],
+    tokenizer: Any,
+    include_text: bool,
+) -> list[dict[str, Any]]:
+    """Per row: the prompt's ids (no padding) and the reply's scored ids (up to EOS), the text of
+    each token when allowed, and the policy that blocked it. `token_index` in trigger records
+    indexes `prompt_ids + reply_ids`."""
+    rows = []
+    for r, seq in enumerate(seqs):
+        reply = seq[prompt_len:scored_len]
+        row: dict[str, Any] = {
+            "prompt_ids": seq[pads[r] : prompt_len],
+            "reply_ids": reply[: reply.index(eos)] if eos in reply else reply,
+        }
+        if include_text and tokenizer is not None:
+            ids = row["prompt_ids"] + row["reply_ids"]
+            row["tokens"] = tokenizer.batch_decode([[i] for i in ids])
+        if outcomes[r].blocked:
+            row["blocked_by"] = outcomes[r].blocked_by
+        rows.append(row)
+    return rows
+
+
+def _write_trace(
+    trace: TraceWriter,
+    request_id: str,
+    state: GenerationState,
+    sequences: torch.Tensor,
+    prompt_len: int,
+    pads: list[int],
+    scored_len: int,
+) -> None:
+    """Gather each layer's step records into [b, S, ...] arrays (S: positions scored) on the
+    device, move them once, and hand them to the trace with the policies as they are."""
+    b, dev = sequences.shape[0], state.device
+    layers = list(dict.fromkeys(rec.layer for rec in state.records))
+    valid = torch.zeros(b, scored_len, dtype=torch.bool, device=dev)
+    arrays: dict[str, torch.Tensor] = {"ids": sequences.to(torch.int32), "valid": valid}
+    meta_layers = []
+    for i, layer in enumerate(layers):
+        recs = [rec for rec in state.records if rec.layer is layer]
+        arrays.update(_layer_arrays(f"L{i}.", recs, b, scored_len, dev, valid))
+        meta_layers.append(_layer_meta(layer))
+    trace.write(
+        request_id,
+        {key: t.cpu().numpy() for key, t in arrays.items()},
+        {"prompt_len": prompt_len, "pads": [int(p) for p in pads], "layers": meta_layers},
+    )
+
+
+def _layer_arrays(
+    prefix: str, recs: list[StepRecord], b: int, s: int, dev: torch.device, valid: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    first = recs[0]
+    acts = torch.zeros(b, s, first.activations.shape[-1], dtype=torch.float32, device=dev)
+    trig = torch.zeros(b, s, first.triggered.shape[-1], dtype=torch.bool, device=dev)
+    seen = torch.zeros(s, dtype=torch.bool, device=dev)
+    k = first.top[0].shape[-1] if first.top is not None else 0
+    top_v = torch.zeros(b, s, k, dtype=torch.float32, device=dev)
+    top_i = torch.zeros(b, s, k, dtype=torch.int32, device=dev)
+    for rec in recs:
+        span = slice(rec.position, rec.position + rec.triggered.shape[1])
+        acts[:, span], trig[:, span], seen[span] = rec.activations, rec.triggered, True
+        if rec.valid is not None:
+            valid[:, span] = rec.valid
+        if rec.top is not None:
+            top_v[:, span], top_i[:, span] = rec.top[0], rec.top[1].to(torch.int32)
+    out = {prefix + "acts": acts, prefix + "triggered": trig, prefix + "seen": seen}
+    if first.top is not None:
+        out |= {prefix + "top_values": top_v, prefix + "top_indices": top_i}
+    return out
+
+
+def _layer_meta(layer: LayerEngine) -> dict[str, Any]:
+    labels = {str(f.index): f.label for p in layer.policies for f in p.features if f.label}
+    policies = [
+        {"name": p.name, "action": p.action, "severity": p.severity, "threshold": p.threshold,
+         "window": p.window, "scope": p.scope,
+         "features": [[f.index, f.weight] for f in p.features]}
+        for p in layer.policies
+    ]  # fmt: skip
+    return {"sae": layer.sae_name, "hook": layer.hook, "features": list(layer.features),
+            "labels": labels, "policies": policies}  # fmt: skip
 
 
 def _completion_tokens(reply: list[int], eos: int | None) -> int:

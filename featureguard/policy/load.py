@@ -32,6 +32,7 @@ PolicySource = str | os.PathLike[str] | Mapping[str, Any]
 _MAX_TEXT = 4096
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 _HF_REF = re.compile(r"hf://[^/\s]+/[^/\s]+(/|$)")
+_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 
 
 class _Reject(Exception):
@@ -147,6 +148,22 @@ def _number(r: _Reader, value: Any, path: str, *, positive: bool = False) -> flo
     return number
 
 
+def _fraction(r: _Reader, value: Any, path: str, *, open_ends: bool = False) -> float:
+    """A number in [0, 1], or in (0, 1) with `open_ends`."""
+    number = _number(r, value, path)
+    inside = 0 < number < 1 if open_ends else 0 <= number <= 1
+    if not inside:
+        interval = "(0, 1)" if open_ends else "[0, 1]"
+        raise _Reject(f"expected a number in {interval}, got {describe(value)}")
+    return number
+
+
+def _sha256(r: _Reader, value: Any, path: str) -> str:
+    if not (isinstance(value, str) and _SHA256.fullmatch(value)):
+        raise _Reject(f"expected a SHA-256 of 64 hex digits, got {describe(value)}")
+    return value
+
+
 def _integer(r: _Reader, value: Any, path: str, *, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise _Reject(f"expected an integer, got {describe(value)}")
@@ -252,6 +269,15 @@ _SUPPRESS: _Fields = {
     "mode": (partial(_choice, options=m.SUPPRESS_MODES), False),
 }
 _STEER: _Fields = {"value": (_number, False), "times_max": (_number, False)}
+_CALIBRATION: _Fields = {
+    "target_rate": (partial(_fraction, open_ends=True), True),
+    "bound": (_fraction, True),
+    "confidence": (partial(_fraction, open_ends=True), True),
+    "set_sha256": (_sha256, True),
+    "set_size": (partial(_integer, minimum=1), True),
+    "recall": (_fraction, False),
+    "date": (_string, True),
+}
 _POLICY: _Fields = {
     "name": (_string, True),
     "description": (partial(_string, blank=True), False),
@@ -268,8 +294,18 @@ _POLICY: _Fields = {
     "steer": (partial(_object, cls=m.SteerSpec, fields=_STEER), False),
     "message": (_string, False),
     "severity": (partial(_choice, options=m.SEVERITIES), False),
+    "calibration": (partial(_object, cls=m.CalibrationSpec, fields=_CALIBRATION), False),
 }
-_AUDIT: _Fields = {"path": (_file_path, False), "include_text": (_boolean, False)}
+_TRACE: _Fields = {
+    "features": (partial(_choice, options=m.TRACE_FEATURES), False),
+    "k": (partial(_integer, minimum=1), False),
+    "path": (_file_path, True),
+}
+_AUDIT: _Fields = {
+    "path": (_file_path, False),
+    "include_text": (_boolean, False),
+    "trace": (partial(_object, cls=m.TraceSpec, fields=_TRACE), False),
+}
 _TOP: _Fields = {
     "version": (_version, True),
     "fail_mode": (partial(_choice, options=m.FAIL_MODES), False),

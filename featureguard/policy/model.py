@@ -21,6 +21,7 @@ Severity = Literal["low", "medium", "high"]
 FailMode = Literal["closed", "open"]
 SuppressMethod = Literal["clamp", "ablate"]
 SuppressMode = Literal["conditional", "always"]
+TraceFeatures = Literal["policy", "topk"]
 
 # The tuples are read off the Literals so that the two can never disagree.
 ACTIONS: tuple[str, ...] = get_args(Action)
@@ -29,6 +30,7 @@ SEVERITIES: tuple[str, ...] = get_args(Severity)
 FAIL_MODES: tuple[str, ...] = get_args(FailMode)
 SUPPRESS_METHODS: tuple[str, ...] = get_args(SuppressMethod)
 SUPPRESS_MODES: tuple[str, ...] = get_args(SuppressMode)
+TRACE_FEATURES: tuple[str, ...] = get_args(TraceFeatures)
 
 DEFAULT_MESSAGE = "This reply was withheld by policy '{name}'."
 DEFAULT_AUDIT_PATH = "featureguard-audit.jsonl"
@@ -161,6 +163,21 @@ class SAESpec:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class TraceSpec:
+    """Per-token activations kept for `featureguard audit replay` and `audit report --trace`."""
+
+    features: TraceFeatures = "policy"
+    """policy: the activations of the features the policies name (no extra cost); topk: also
+    the `k` largest features of every token (a full SAE encode per step)."""
+    k: int = 32
+    """How many features per token `topk` keeps (>= 1); unused with `policy`."""
+    path: str
+    """Folder of the trace (safetensors shards and an index), relative to the working directory."""
+    where: Location = field(compare=False)
+    """Where the section was written."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AuditSpec:
     """Where and how decisions are logged."""
 
@@ -168,8 +185,36 @@ class AuditSpec:
     """The JSONL log, relative to the working directory of the process."""
     include_text: bool = True
     """Whether records carry token text; False keeps only token ids."""
+    trace: TraceSpec | None = None
+    """Per-token activations to keep besides the log; None keeps none."""
     where: Location = field(compare=False)
     """Where the section was written (the document root when it is absent)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CalibrationSpec:
+    """How `featureguard calibrate` chose the policy's threshold; written by it, read by people.
+
+    The threshold is the (k+1)-th largest benign score, k the largest count whose one-sided
+    Clopper-Pearson upper bound is at most `target_rate` (`featureguard/calibrate.py`).
+    """
+
+    target_rate: float
+    """The benign trigger rate aimed at, in (0, 1)."""
+    bound: float
+    """Upper confidence bound on the benign trigger rate at the threshold, in [0, 1]."""
+    confidence: float
+    """Probability, over the draw of the benign set, that the true rate is within `bound`."""
+    set_sha256: str
+    """SHA-256 (64 hex digits) of the benign calibration set."""
+    set_size: int
+    """Number of benign examples in it (>= 1)."""
+    recall: float | None = None
+    """Fraction of positive examples above the threshold; None (key left out) without them."""
+    date: str
+    """When the calibration ran (ISO 8601)."""
+    where: Location = field(compare=False)
+    """Where the section was written."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -201,6 +246,8 @@ class Policy:
     """Text that replaces a withheld reply (the loader fills `DEFAULT_MESSAGE` in)."""
     severity: Severity = "medium"
     """Carried into audit records."""
+    calibration: CalibrationSpec | None = None
+    """How the threshold was calibrated, when `featureguard calibrate --write` set it."""
     where: Location = field(compare=False)
     """Where the policy was written."""
 

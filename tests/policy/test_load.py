@@ -22,6 +22,7 @@ from featureguard.policy import (
     load_policies_text,
     validate_files,
 )
+from featureguard.policy.model import CalibrationSpec
 
 NOWHERE = Location(file="<test>", line=None, column=None, key="")
 
@@ -181,6 +182,23 @@ def test_dict_source_with_non_string_names() -> None:
 def test_example_file_loads() -> None:
     """The shipped example policy file is valid."""
     assert len(load_policies(EXAMPLE).policies) >= 5
+
+
+def test_calibration_record_loads() -> None:
+    """A policy's calibration record becomes a CalibrationSpec; recall may be left out."""
+    record = "{target_rate: 0.01, bound: 0.0099, confidence: 0.95, set_size: 300, date: '2025'"
+    text = edit(13, f"action: block\ncalibration: {record}, set_sha256: {'ab' * 32}}}")
+    calibration = load_policies_text(text).policies[0].calibration
+    assert calibration == CalibrationSpec(
+        target_rate=0.01,
+        bound=0.0099,
+        confidence=0.95,
+        set_sha256="ab" * 32,
+        set_size=300,
+        date="2025",
+        where=NOWHERE,
+    )
+    assert calibration.recall is None and load_policies_text(BASE).policies[0].calibration is None
 
 
 def test_locations_point_at_objects_and_keys() -> None:

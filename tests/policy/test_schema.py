@@ -26,7 +26,12 @@ from featureguard.policy import (
     SteerSpec,
     SuppressSpec,
 )
-from featureguard.policy.model import SUPPRESS_METHODS, SUPPRESS_MODES
+from featureguard.policy.model import (
+    SUPPRESS_METHODS,
+    SUPPRESS_MODES,
+    CalibrationSpec,
+    TraceSpec,
+)
 
 SCHEMA = json.loads((ROOT / "policies" / "schema.json").read_text(encoding="utf-8"))
 VALIDATOR = Draft202012Validator(SCHEMA)
@@ -58,6 +63,8 @@ OBJECTS = [
     (SCHEMA["$defs"]["suppress"], SuppressSpec, {"where"}),
     (SCHEMA["$defs"]["steer"], SteerSpec, {"where"}),
     (SCHEMA["$defs"]["audit"], AuditSpec, {"where"}),
+    (SCHEMA["$defs"]["calibration"], CalibrationSpec, {"where"}),
+    (SCHEMA["$defs"]["trace"], TraceSpec, {"where"}),
 ]
 
 
