@@ -21,7 +21,6 @@ and is removed at the end unless `--keep`.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import hashlib
 import json
@@ -35,8 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-DOCS = REPO / "docs" / "benchmarks.md"
+from benchlib import machine, write_section
+
 SECTION = "## Audit summary on a 1 GB log (bench/audit_summary.py)"
 POLICIES = [  # name, action, severity, feature, label, threshold
     ("unsafe-code", "block", "high", 1234, "disables TLS verification", 3.0),
@@ -158,28 +157,6 @@ def signed(n: int) -> str:
     return ("+" if n >= 0 else "−") + human(abs(n))
 
 
-def machine() -> str:
-    cpu = platform.processor() or "?"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    mem = "?"
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        mem = f"{int(Path('/proc/meminfo').read_text().split()[1]) / 2**20:.0f}"
-    cores = len(os.sched_getaffinity(0))
-    return f"{cores} CPU cores ({cpu}), {mem} GiB memory, {platform.system()} {platform.release()}"
-
-
-def replace_section(text: str, section: str) -> str:
-    start = text.find(SECTION)
-    if start < 0:
-        return text.rstrip("\n") + "\n\n" + section
-    nxt = text.find("\n## ", start + len(SECTION))
-    return text[:start] + section + ("" if nxt < 0 else "\n" + text[nxt + 1 :])
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size-gb", type=float, default=1.0, help="log size (default 1.0 GB)")
@@ -210,8 +187,7 @@ def main() -> None:
                                whole)  # fmt: skip
         print(section)
         if args.write_docs:
-            DOCS.write_text(replace_section(DOCS.read_text(encoding="utf-8"), section),
-                            encoding="utf-8")  # fmt: skip
+            write_section(SECTION, section)
     finally:
         if not args.keep:
             shutil.rmtree(args.dir, ignore_errors=True)

@@ -37,7 +37,6 @@ import hashlib
 import json
 import math
 import os
-import platform
 import shlex
 import shutil
 import statistics
@@ -50,17 +49,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+from benchlib import DOCS, REPO, machine, write_section
 
-REPO = Path(__file__).resolve().parent.parent
-DOCS = REPO / "docs" / "benchmarks.md"
 SECTION = "## SAE loading: full vs partial (bench/load_memory.py)"
-DOCS_HEADER = """# Benchmarks
-
-Every figure here comes with the exact command that produced it (run from the repository root)
-and the machine it ran on; unless a section says otherwise that machine has 2 CPU cores,
-24 GiB of memory and no GPU. Rerun the command to refresh a section: the scripts under
-`bench/` rewrite their own section only.
-"""
 WEIGHTS, CONFIG, STAMP = "sae_weights.safetensors", "cfg.json", "bench_stamp.json"
 CHUNK_BYTES = 32 * 2**20
 RESULT_TAG = "@@result "
@@ -311,30 +302,6 @@ def fmt_time(s: float) -> str:
     return f"{s * 1000:.1f} ms" if s < 1 else f"{s:.2f} s"
 
 
-def machine() -> str:
-    cpu = "unknown CPU"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    mem = "?"
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        meminfo = Path("/proc/meminfo").read_text().splitlines()
-        mem = f"{int(meminfo[0].split()[1]) / 2**20:.0f}"
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{cores} CPU cores ({cpu}), {mem} GiB memory, {platform.system()} {platform.release()}"
-
-
-def replace_section(text: str, section: str) -> str:
-    start = text.find(SECTION)
-    if start < 0:
-        return text.rstrip("\n") + "\n\n" + section
-    nxt = text.find("\n## ", start + len(SECTION))
-    rest = "" if nxt < 0 else "\n" + text[nxt + 1 :]
-    return text[:start] + section + rest
-
-
 def command_line() -> str:
     exe = Path(sys.executable)
     with contextlib.suppress(ValueError):
@@ -576,9 +543,7 @@ def report(rows: list[dict], size: int, features: dict[str, list[int]], load: tu
         )
         + "\n"
     )
-    DOCS.parent.mkdir(parents=True, exist_ok=True)
-    text = DOCS.read_text() if DOCS.exists() else DOCS_HEADER
-    DOCS.write_text(replace_section(text, section))
+    write_section(SECTION, section)
     print(f"\nwrote the section to {DOCS.relative_to(REPO)}")
 
 

@@ -63,6 +63,8 @@ class GenerationState:
     records: list[StepRecord] = field(default_factory=list)
     runs: dict[int, torch.Tensor] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    as_reply: bool = False
+    """Treat the first forward pass's tokens as reply tokens (teacher-forced scoring)."""
     blocked: torch.Tensor = field(init=False)  # [b] bool, updated in place on the device
 
     def __post_init__(self) -> None:

@@ -163,7 +163,8 @@ class Guard:
         position = 0 if first else state.context.position + state.context.valid.shape[1]
         if not first and s != 1:
             raise GuardError("guarded generation needs the KV cache (use_cache=True)")
-        state.context = StepContext(valid=valid, is_prompt=first, position=position)
+        is_prompt = first and not state.as_reply
+        state.context = StepContext(valid=valid, is_prompt=is_prompt, position=position)
         return None
 
     def _on_layer(self, engine: LayerEngine, x: torch.Tensor) -> torch.Tensor | None:
@@ -259,6 +260,23 @@ class Guard:
         if failure:
             raise failure[0]
 
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Logits of one guarded forward pass over whole texts, every token scored as a reply
+        token and edited as the policies say (teacher forcing: what a policy costs in
+        log-likelihood). Blocks are not enforced and no audit record is written."""
+        self._require_attached()
+        with self._lock:
+            state = GenerationState(batch=input_ids.shape[0], device=input_ids.device)
+            state.as_reply = True
+            self._state = state
+            try:
+                with torch.no_grad():
+                    return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+            finally:
+                self._state = None
+
     def streamer(self) -> GuardedStreamer:
         """A streamer for `model.generate(streamer=...)` that holds each token until scored."""
         self._require_attached()
@@ -273,17 +291,7 @@ class Guard:
     def _encode(self, prompts: str | Sequence[str]) -> dict[str, torch.Tensor]:
         if self.tokenizer is None:
             raise GuardError("guard.generate needs a tokenizer: wrap(model, policies, tokenizer=)")
-        tok = self.tokenizer
-        texts = [prompts] if isinstance(prompts, str) else list(prompts)
-        side, tok.padding_side = tok.padding_side, "left"  # decoder-only models pad left
-        if tok.pad_token is None:
-            tok.pad_token = tok.eos_token
-        try:
-            enc = tok(texts, return_tensors="pt", padding=True)
-        finally:
-            tok.padding_side = side
-        device = next(self.model.parameters()).device
-        return {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+        return encode_prompts(self.tokenizer, prompts, next(self.model.parameters()).device)
 
 
 class _StopBlocked(StoppingCriteria):
@@ -308,6 +316,21 @@ class _ForceEOS(LogitsProcessor):
         forced = torch.full_like(scores, float("-inf"))
         forced[:, self.eos] = 0.0
         return torch.where(self.state.blocked.to(scores.device)[:, None], forced, scores)
+
+
+def encode_prompts(
+    tokenizer: Any, prompts: str | Sequence[str], device: torch.device
+) -> dict[str, torch.Tensor]:
+    """input_ids and attention_mask for a batch, left-padded as decoder-only models need."""
+    texts = [prompts] if isinstance(prompts, str) else list(prompts)
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    try:
+        enc = tokenizer(texts, return_tensors="pt", padding=True)
+    finally:
+        tokenizer.padding_side = side
+    return {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
 
 
 def _with_scored_last(kwargs: dict) -> dict:

@@ -35,7 +35,7 @@ from featureguard.discovery.activations import token_activations
 from featureguard.discovery.detect import rank_features
 from featureguard.discovery.snippet import policy_snippet
 from featureguard.errors import FeatureguardError
-from featureguard.guard import wrap
+from featureguard.guard import encode_prompts, wrap
 
 __all__ = [
     "InterveneResult",
@@ -228,21 +228,10 @@ class _Runner:
         """What `guard.generate` returns for an unwrapped model: one extra token is generated
         and dropped, so both draw the same random numbers."""
         tok = self.tokenizer
-        side, tok.padding_side = tok.padding_side, "left"
-        if tok.pad_token is None:
-            tok.pad_token = tok.eos_token
-        try:
-            enc = tok(prompts, return_tensors="pt", padding=True)
-        finally:
-            tok.padding_side = side
-        device = next(self.model.parameters()).device
+        enc = encode_prompts(tok, prompts, next(self.model.parameters()).device)
         n = self.gen["max_new_tokens"]
         with torch.no_grad():
-            out = self.model.generate(
-                input_ids=enc["input_ids"].to(device),
-                attention_mask=enc["attention_mask"].to(device),
-                **{**self.gen, "max_new_tokens": n + 1},
-            )
+            out = self.model.generate(**enc, **{**self.gen, "max_new_tokens": n + 1})
         width = enc["input_ids"].shape[1]
         return [
             tok.decode(row[width : width + n], skip_special_tokens=True) for row in out.tolist()

@@ -7,6 +7,7 @@ from featureguard.policy.model import (
     SCOPES,
     SEVERITIES,
     AuditSpec,
+    CalibrationSpec,
     FeatureSpec,
     Location,
     Policy,
@@ -14,6 +15,7 @@ from featureguard.policy.model import (
     SAESpec,
     SteerSpec,
     SuppressSpec,
+    TraceSpec,
 )
 
 __all__ = [
@@ -22,6 +24,7 @@ __all__ = [
     "SCOPES",
     "SEVERITIES",
     "AuditSpec",
+    "CalibrationSpec",
     "FeatureSpec",
     "Location",
     "Policy",
@@ -30,6 +33,7 @@ __all__ = [
     "SAESpec",
     "SteerSpec",
     "SuppressSpec",
+    "TraceSpec",
     "load_policies",
     "load_policies_text",
     "validate_files",

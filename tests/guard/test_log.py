@@ -73,3 +73,18 @@ def test_log_trigger_reported_in_audit(world: tw.World, tmp_path: Path) -> None:
     assert (rec["token_index"], rec["token"], rec["scope"]) == (t.token_index, t.token, "response")
     assert rec["score"] == pytest.approx(t.score)
     assert sink.records[1]["blocked"] == []
+
+
+
+@pytest.mark.parametrize("action", ["log", "suppress"])
+def test_forward_applies_the_policies_to_whole_texts(tmp_path: Path, action: str) -> None:
+    """guard.forward leaves logits alone under log and edits them under an always-on ablation."""
+    world = tw.build_world(tmp_path, "llama")
+    extra = {"suppress": {"method": "ablate", "mode": "always"}} if action == "suppress" else {}
+    path = tw.write_policy(world, tmp_path, action=action, scope="response", **extra)
+    ids, mask = world.bare, (world.bare != 0).long()
+    with torch.no_grad():
+        bare = world.model(input_ids=ids, attention_mask=mask).logits
+    with fg.wrap(world.model, path, tokenizer=world.tokenizer, audit=fg.MemorySink()) as guard:
+        guarded = guard.forward(ids, mask)
+    assert torch.equal(guarded, bare) == (action == "log")

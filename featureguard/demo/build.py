@@ -1,0 +1,255 @@
+"""Rebuild the demo from scratch, seeded: corpus → tokenizer and model → SAE → policies.
+
+    python -m featureguard.demo.build [--scale full|toy] [--out DIR]
+
+`make demo-assets` runs the full scale into the repository (models/, saes/, policies/demo/);
+the toy scale runs the same pipeline in about a minute, for CI. Every step prints progress and
+the build ends with `build-report.json` beside the artifacts: the figures each step measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from featureguard.calibrate import calibrate, write_calibration
+from featureguard.demo import assets
+from featureguard.demo.checker import check_code
+from featureguard.demo.corpus import lean_prompts, snippets, training_documents, twins
+from featureguard.demo.lm import LMConfig, new_model, pack, save, train_lm, train_tokenizer
+from featureguard.discovery import candidate_features, detect, generate_completions, intervene
+from featureguard.train import SAETrainConfig, collect_activations, save_saelens, train_sae
+
+MODEL_NAME = "featureguard/demo-coder"
+DETECTORS = (  # (policy name, corpus domain, action, severity, message)
+    ("unsafe-code", "code", "block", "high", "This reply was withheld: it contained unsafe code."),
+    ("pii", "pii", "log", "medium", None),
+    ("manipulation", "manipulation", "log", "medium", None),
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BuildConfig:
+    """Sizes of every step; `SCALES` holds the shipped and the CI settings."""
+
+    documents: int = 130_000
+    """Training documents for the tokenizer and model."""
+    lm: LMConfig = field(default_factory=lambda: LMConfig(tokens=9_000_000))
+    """The language model's shape and schedule."""
+    sae_documents: int = 20_000
+    """Documents whose activations train the SAE."""
+    sae_tokens: int = 1_280_000
+    """Activation tokens for the SAE."""
+    sae: SAETrainConfig = field(default_factory=lambda: SAETrainConfig(width=2048, k=16))
+    """The SAE's width, sparsity and schedule."""
+    detect_pairs: int = 400
+    """Twin pairs per detection policy (train split)."""
+    intervene_prompts: int = 96
+    """Unsafe-leaning prompts for greedy feature selection, and as many held out."""
+    candidates: int = 12
+    """Features tried by the greedy selection (those that best split unsafe from safe)."""
+    max_features: int = 3
+    """Most features the suppress policy may name."""
+    benign: int = 1000
+    """Benign replies for calibration (validation split)."""
+    target_rate: float = 0.02
+    """Largest benign trigger rate calibration allows (at 95% confidence)."""
+    seed: int = 0
+
+
+SCALES = {
+    "full": BuildConfig(),
+    "toy": BuildConfig(
+        documents=3000,
+        lm=LMConfig(
+            d_model=32,
+            n_layers=2,
+            n_heads=2,
+            d_mlp=64,
+            context=128,
+            tokens=150_000,
+            vocab_size=300,
+            batch_size=16,
+            warmup_steps=10,
+        ),
+        sae_documents=400,
+        sae_tokens=20_000,
+        sae=SAETrainConfig(
+            width=128,
+            k=8,
+            epochs=2,
+            batch_size=1024,
+            eval_tokens=2048,
+            dead_after_tokens=8192,
+            aux_k=32,
+        ),
+        detect_pairs=40,
+        intervene_prompts=6,
+        candidates=3,
+        max_features=1,
+        benign=300,
+        target_rate=0.05,
+    ),
+}
+
+
+def build(
+    cfg: BuildConfig, out: Path, *, say: Any = print, reuse_model: bool = False
+) -> dict[str, Any]:
+    """Run every step into `out` (models/, saes/, policies/demo/); return the measured figures.
+
+    `reuse_model` keeps a language model already built in `out` and redoes the rest.
+    """
+    started, report = time.perf_counter(), {"config": _plain(asdict(cfg))}
+    torch.manual_seed(cfg.seed)
+    model_dir = out / "models" / "demo-coder"
+    if reuse_model and (model_dir / "config.json").is_file():
+        say(f"1-2/5 reusing the language model in {model_dir}")
+        model, tok = assets.load_model(model_dir)
+    else:
+        say("1/5 corpus and tokenizer")
+        docs = training_documents(cfg.documents, seed=cfg.seed)
+        tok = train_tokenizer(docs[:30_000], cfg.lm.vocab_size)
+        say("2/5 language model")
+        windows = pack(docs, tok, cfg.lm.context)
+        model = new_model(cfg.lm, tok)
+        losses = train_lm(windows, model, cfg.lm, progress=say)
+        save(model, tok, model_dir)
+        report["lm"] = {"tokens": int(windows.numel()), "final_loss": losses[-1],
+                        "seconds": round(time.perf_counter() - started, 1)}  # fmt: skip
+
+    say("3/5 sparse autoencoder")
+    sae_texts = training_documents(cfg.sae_documents, seed=cfg.seed + 1)
+    acts = collect_activations(model, tok, sae_texts, assets.HOOK, max_tokens=cfg.sae_tokens)
+    sae, sae_report = train_sae(acts, cfg.sae)
+    sae_dir = out / "saes" / "demo-coder-res1"
+    save_saelens(sae, sae_dir, hook=assets.HOOK, model_name=MODEL_NAME)
+    report["sae"] = _plain(asdict(sae_report))
+
+    say("4/5 detection policies: discover, then calibrate")
+    policy_dir = out / "policies" / "demo"
+    policy_dir.mkdir(parents=True, exist_ok=True)
+    for name, domain, action, severity, message in DETECTORS:
+        report[name] = _detector(cfg, model, tok, sae_dir, policy_dir, name, domain, action,
+                                 severity, message)  # fmt: skip
+        say(f"  {name}: {report[name]}")
+
+    say("5/5 suppress policy: features chosen by measured effect")
+    report["unsafe-code-suppress"] = _suppressor(cfg, model, tok, sae_dir, policy_dir)
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    (out / "build-report.json").write_text(json.dumps(report, indent=2) + "\n")
+    say(f"done in {report['seconds']:.0f} s; report in {out / 'build-report.json'}")
+    return report
+
+
+def _detector(cfg: BuildConfig, model: Any, tok: Any, sae_dir: Path, policy_dir: Path,
+              name: str, domain: str, action: str, severity: str,
+              message: str | None) -> dict[str, Any]:  # fmt: skip
+    pairs = twins("train", cfg.detect_pairs, seed=cfg.seed, domain=domain)
+    found = detect(model, tok, sae_dir, assets.HOOK, [p.text for _, p in pairs],
+                   [n.text for n, _ in pairs], pos_spans=[p.spans for _, p in pairs],
+                   k=20, seed=cfg.seed)  # fmt: skip
+    policy = {
+        "name": name,
+        "description": f"{domain} detector: sparse probe over SAE features (featureguard discover)",
+        "sae": "demo",
+        "features": [_feature(f) for f in found.features],
+        "threshold": found.threshold,
+        "action": action,
+        "scope": "response" if domain == "code" else "both",
+        "severity": severity,
+    }
+    if message:
+        policy["message"] = message
+    path = _write_policy(policy_dir / f"{name}.yaml", sae_dir, [policy])
+    benign = [s.text for s in _benign(cfg, domain)]
+    positives = [p.text for _, p in twins("validation", 200, seed=cfg.seed + 3, domain=domain)]
+    [result] = calibrate(path, model, tok, benign, positives, target_rate=cfg.target_rate)
+    write_calibration(path, [result])
+    return {"features": len(found.features), "auroc_validation": found.auroc_validation,
+            "threshold": result.threshold, "benign_bound": result.bound,
+            "recall": result.recall}  # fmt: skip
+
+
+def _feature(f: Any) -> dict[str, Any]:
+    entry = {"index": f.index, "label": f.label, "weight": round(f.weight, 6)}
+    if f.max is not None:
+        entry["max"] = round(f.max, 6)
+    return entry
+
+
+def _benign(cfg: BuildConfig, domain: str) -> list:
+    """Negatives of the validation split for this domain, plus prose."""
+    negatives = [n for n, _ in twins("validation", cfg.benign // 2, seed=cfg.seed + 2,
+                                     domain=domain)]  # fmt: skip
+    return negatives + snippets("validation", cfg.benign - len(negatives), domain="prose")
+
+
+def _suppressor(cfg: BuildConfig, model: Any, tok: Any, sae_dir: Path,
+                policy_dir: Path) -> dict[str, Any]:  # fmt: skip
+    n = cfg.intervene_prompts
+    select = [p.text for p in lean_prompts("train", "unsafe", n, seed=cfg.seed)]
+    held_out = [p.text for p in lean_prompts("validation", "unsafe", n, seed=cfg.seed)]
+    completions = generate_completions(model, tok, select, seed=cfg.seed)
+    unsafe = [check_code(p, c) == "unsafe" for p, c in zip(select, completions, strict=True)]
+    texts = [p + c for p, c in zip(select, completions, strict=True)]
+    candidates = candidate_features(
+        model, tok, sae_dir, assets.HOOK, texts, unsafe, n=cfg.candidates
+    )
+    result = intervene(model, tok, sae_dir, assets.HOOK, select, check_code, candidates,
+                       held_out=held_out, max_features=cfg.max_features,
+                       seed=cfg.seed)  # fmt: skip
+    policy = result.policy("unsafe-code-suppress", "demo")
+    policy["description"] = "suppress the features whose suppression measurably cut unsafe code"
+    if not result.features:  # nothing lowered the rate: ablate the best-separating candidate
+        top = candidates[0]
+        policy["features"] = [{"index": top, "max": result.maxes.get(top, 1.0) or 1.0}]
+        policy["suppress"] = {"method": "ablate", "mode": "conditional"}
+        policy["description"] = "no feature measurably cut unsafe code; best separating one"
+    _write_policy(policy_dir / "unsafe-code-suppress.yaml", sae_dir, [policy])
+    return {"features": list(result.features), "method": result.method,
+            "strength": result.strength, "held_out_baseline": result.held_out_baseline.positive,
+            "held_out": result.held_out.positive}  # fmt: skip
+
+
+def _write_policy(path: Path, sae_dir: Path, policies: list[dict[str, Any]]) -> Path:
+    rel = Path("..", "..", sae_dir.relative_to(path.parents[2]))
+    doc = {
+        "version": 1,
+        "saes": {"demo": {"path": rel.as_posix(), "hook": assets.HOOK}},
+        "policies": policies,
+        "audit": {"path": "featureguard-demo-audit.jsonl", "include_text": True},
+    }
+    path.write_text("# Written by `make demo-assets` (featureguard.demo.build).\n"
+                    + yaml.safe_dump(doc, sort_keys=False))  # fmt: skip
+    return path
+
+
+def _plain(value: Any) -> Any:
+    """JSON-friendly copy (paths and dtypes as strings)."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", choices=sorted(SCALES), default="full")
+    parser.add_argument("--out", type=Path, default=assets.REPO, help="folder to write into")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument(
+        "--reuse-model", action="store_true", help="keep the language model already in --out"
+    )
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    build(SCALES[args.scale], args.out, reuse_model=args.reuse_model)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

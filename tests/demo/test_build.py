@@ -1,0 +1,61 @@
+"""The whole demo pipeline at toy scale: corpus → model → SAE → discovered, calibrated policies."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import featureguard as fg
+from featureguard.demo.assets import HOOK, load_model
+from featureguard.demo.build import SCALES, build
+from featureguard.demo.corpus import lean_prompts
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("demo")
+    threads = torch.get_num_threads()
+    try:
+        build(SCALES["toy"], out, say=lambda _: None)
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+def test_build_writes_every_artifact(built: Path) -> None:
+    """Model, tokenizer, SAE, four policy files and a report with the measured figures."""
+    assert (built / "models" / "demo-coder" / "model.safetensors").is_file()
+    assert (built / "saes" / "demo-coder-res1" / "sae_weights.safetensors").is_file()
+    names = sorted(p.name for p in (built / "policies" / "demo").glob("*.yaml"))
+    assert names == [
+        "manipulation.yaml",
+        "pii.yaml",
+        "unsafe-code-suppress.yaml",
+        "unsafe-code.yaml",
+    ]
+    report = json.loads((built / "build-report.json").read_text())
+    assert report["sae"]["variance_explained"] > 0.5
+    for name in ("unsafe-code", "pii", "manipulation"):
+        assert report[name]["benign_bound"] <= SCALES["toy"].target_rate
+
+
+def test_shipped_sae_loads_through_the_user_loader(built: Path) -> None:
+    """The SAE goes through load_sae like any pretrained one, hook included."""
+    sae = fg.load_sae(built / "saes" / "demo-coder-res1")
+    assert sae.cfg.format == "saelens" and sae.cfg.architecture == "topk" and sae.cfg.hook == HOOK
+
+
+def test_policies_validate_and_guard_the_model(built: Path) -> None:
+    """Every written policy validates, carries its calibration, and wraps the built model."""
+    model, tok = load_model(built / "models" / "demo-coder")
+    for path in sorted((built / "policies" / "demo").glob("*.yaml")):
+        policies = fg.load_policies(path)
+        if path.stem != "unsafe-code-suppress":
+            assert policies.policies[0].calibration is not None
+        prompt = lean_prompts("test", "unsafe", 1)[0].text
+        with fg.wrap(model, policies, tokenizer=tok, audit=fg.MemorySink()) as guard:
+            [reply] = guard.generate(prompt, max_new_tokens=8, do_sample=False)
+        assert isinstance(reply, str)
