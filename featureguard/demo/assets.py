@@ -26,5 +26,6 @@ def load_model(folder: str | Path = MODEL_DIR) -> tuple[Any, Any]:
     if not (folder / "config.json").is_file():
         raise FeatureguardError(f"{folder}: no demo model here; rebuild it with `make demo-assets`")
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    tokenizer.padding_side = "left"  # a decoder-only model: batches pad on the left
     model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True).eval()
     return model, tokenizer
