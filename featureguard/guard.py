@@ -156,7 +156,9 @@ class Guard:
         if ids is None:
             raise GuardError("guarded generation needs input_ids (inputs_embeds is not supported)")
         s = ids.shape[1]
-        valid = ~torch.isin(ids, self._special.to(ids.device))
+        if self._special.device != ids.device:  # moved once, not on every step
+            self._special = self._special.to(ids.device)
+        valid = ~torch.isin(ids, self._special)
         if mask is not None:
             valid &= mask[:, -s:].bool()
         first = state.context is None
