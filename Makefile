@@ -18,12 +18,12 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m ruff check featureguard tests bench
+	$(PY) -m ruff check featureguard integrations tests bench
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
-	$(PY) -m ruff check featureguard tests bench
-	$(PY) -m ruff format --check featureguard tests bench
+	$(PY) -m ruff check featureguard integrations tests bench
+	$(PY) -m ruff format --check featureguard integrations tests bench
 
 # The bundled demo: the shipped model and SAE under log, block and suppress (under a minute).
 demo: $(STAMP)

@@ -119,10 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     from featureguard import calibrate, discovery
     from featureguard.demo import show
+    from featureguard.integrations.server import command as serve
 
     discovery.add_parser(sub)
     calibrate.add_parser(sub)
     show.add_parser(sub)
+    serve.add_parser(sub)
 
     p = sub.add_parser("audit", help="read audit logs")
     audit = p.add_subparsers(dest="audit_command", required=True)

@@ -32,7 +32,7 @@ from featureguard.audit.trace import TraceWriter
 from featureguard.engine import GenerationState, LayerEngine, StepContext
 from featureguard.errors import GuardError, HookError, PairingError, PolicyError
 from featureguard.hooks import check_model_name, resolve_hook
-from featureguard.outcomes import SequenceOutcome, Trigger, collect
+from featureguard.outcomes import SequenceOutcome, TextScore, Trigger, collect, token_scores
 from featureguard.policy import Policy, PolicySet, PolicySource, load_policies
 from featureguard.sae import load_sae
 from featureguard.streaming import GuardedStreamer
@@ -197,6 +197,11 @@ class Guard:
         if not isinstance(ids, torch.Tensor):
             raise GuardError("guarded generate needs input_ids as a tensor")
         request_id = kwargs.pop("request_id", None) or uuid.uuid4().hex
+        mask = kwargs.get("attention_mask")
+        copies = setting("num_return_sequences") or 1
+        if copies > 1:  # generate expands each prompt row into `copies` rows, in place
+            ids = ids.repeat_interleave(copies, dim=0)
+            mask = None if mask is None else mask.repeat_interleave(copies, dim=0)
         with self._lock:
             state = GenerationState(batch=ids.shape[0], device=ids.device)
             kwargs["stopping_criteria"] = StoppingCriteriaList(
@@ -216,7 +221,7 @@ class Guard:
             self.last = collect(
                 state=state,
                 prompt=ids,
-                mask=kwargs.get("attention_mask"),
+                mask=mask,
                 sequences=out if isinstance(out, torch.Tensor) else out.sequences,
                 request_id=request_id,
                 started=started,
@@ -270,14 +275,63 @@ class Guard:
         log-likelihood). Blocks are not enforced and no audit record is written."""
         self._require_attached()
         with self._lock:
-            state = GenerationState(batch=input_ids.shape[0], device=input_ids.device)
-            state.as_reply = True
-            self._state = state
-            try:
-                with torch.no_grad():
-                    return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
-            finally:
-                self._state = None
+            return self._read_as_reply(input_ids, attention_mask)[0]
+
+    def _read_as_reply(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, GenerationState]:
+        """One forward pass with every token scored as a reply token: logits and the records.
+        The caller holds the lock."""
+        state = GenerationState(batch=input_ids.shape[0], device=input_ids.device)
+        state.as_reply = True
+        self._state = state
+        try:
+            with torch.no_grad():
+                logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+        finally:
+            self._state = None
+        return logits, state
+
+    def score(
+        self, texts: str | Sequence[str], *, request_id: str | None = None
+    ) -> list[TextScore]:
+        """Score texts without generating, like a moderation call: every token is read as a
+        reply token; each policy's score per token, the triggers, and whether a block policy
+        would have stopped the text. Audited like a reply: one request per text, with the id
+        `request_id` for a single text and `request_id-i` for text i of several."""
+        self._require_attached()
+        if self.tokenizer is None:
+            raise GuardError("guard.score needs a tokenizer: wrap(model, policies, tokenizer=)")
+        request_id = request_id or uuid.uuid4().hex
+        device = next(self.model.parameters()).device
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        ids_for = (
+            [request_id] if len(texts) == 1 else [f"{request_id}-{i}" for i in range(len(texts))]
+        )
+        results = []
+        # One text at a time: without padding, token positions are the same in every record.
+        for text, rid in zip(texts, ids_for, strict=True):
+            ids = encode_prompts(self.tokenizer, text, device)["input_ids"]
+            with self._lock:
+                started = time.perf_counter()
+                _, state = self._read_as_reply(ids)
+                [outcome] = collect(
+                    state=state,
+                    prompt=ids[:, :0],
+                    mask=None,
+                    sequences=ids,
+                    request_id=rid,
+                    started=started,
+                    tokenizer=self.tokenizer,
+                    audit=self.audit,
+                    closed_message=CLOSED_MESSAGE,
+                    fail_closed=self.policies.fail_mode == "closed",
+                    eos=None,
+                    include_text=self.policies.audit.include_text,
+                )
+            tokens = self.tokenizer.batch_decode([[t] for t in ids[0].tolist()])
+            results.append(TextScore(tokens, token_scores(state, ids.shape[1]), outcome))
+        return results
 
     def streamer(self) -> GuardedStreamer:
         """A streamer for `model.generate(streamer=...)` that holds each token until scored."""

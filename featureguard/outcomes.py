@@ -40,6 +40,19 @@ class Trigger:
     in_prompt: bool
     """Whether the token belongs to the prompt."""
 
+    def to_dict(self) -> dict[str, Any]:
+        """As JSON-ready data (feature indices become string keys)."""
+        return {
+            "policy": self.policy,
+            "action": self.action,
+            "token_index": self.token_index,
+            "token": self.token,
+            "token_id": self.token_id,
+            "score": self.score,
+            "features": {str(i): a for i, a in self.features.items()},
+            "in_prompt": self.in_prompt,
+        }
+
 
 @dataclass(slots=True)
 class SequenceOutcome:
@@ -54,6 +67,66 @@ class SequenceOutcome:
     blocked; None without a tokenizer."""
     blocked_by: str | None = None
     """Name of the policy that blocked the row (`guard_error` for a failure in closed mode)."""
+    completion_tokens: int = 0
+    """Tokens the row generated and the guard scored, through its end-of-sequence token."""
+    ended: bool = False
+    """Whether the row ended with its own end-of-sequence token (not the length limit)."""
+
+    @property
+    def finish_reason(self) -> str:
+        """Why the reply ended, in OpenAI's words: `content_filter` (blocked), `stop` (the model
+        ended it) or `length` (the token limit)."""
+        if self.blocked:
+            return "content_filter"
+        return "stop" if self.ended else "length"
+
+    @property
+    def policies(self) -> list[str]:
+        """Names of the policies that triggered, sorted."""
+        return sorted({t.policy for t in self.triggers})
+
+    def to_dict(self) -> dict[str, Any]:
+        """As JSON-ready data: what servers and adapters report beside a reply."""
+        return {
+            "blocked": self.blocked,
+            "blocked_by": self.blocked_by,
+            "policies": self.policies,
+            "finish_reason": self.finish_reason,
+            "triggers": [t.to_dict() for t in self.triggers],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class TextScore:
+    """One text scored without generating (`Guard.score`): every token as a reply token."""
+
+    tokens: list[str | None]
+    """Each token's text (None without a tokenizer), special tokens included."""
+    scores: dict[str, list[float | None]]
+    """Per policy, its score at each token (None where the token is not scored: specials)."""
+    outcome: SequenceOutcome
+    """Triggers and whether a block policy would have stopped the text."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """As JSON-ready data: what the server's score endpoint returns for one text."""
+        outcome = self.outcome.to_dict()
+        del outcome["finish_reason"]  # nothing was generated
+        return {"flagged": bool(self.outcome.triggers), "tokens": self.tokens,
+                "scores": self.scores, **outcome}  # fmt: skip
+
+
+def token_scores(state: GenerationState, length: int) -> dict[str, list[float | None]]:
+    """Per policy, the score of each of row 0's first `length` positions, from a call's records
+    (None where the token was not scored)."""
+    out: dict[str, list[float | None]] = {}
+    for rec in state.records:
+        valid = rec.valid[0].tolist() if rec.valid is not None else None
+        for j, policy in enumerate(rec.layer.policies):
+            row = out.setdefault(policy.name, [None] * length)
+            for t, value in enumerate(rec.scores[0, :, j].float().tolist()):
+                if valid is None or valid[t]:
+                    row[rec.position + t] = value
+    return out
 
 
 def collect(
@@ -143,7 +216,10 @@ def collect(
             out.text = messages.get(out.blocked_by, closed_message)
         else:
             out.text = tokenizer.decode(seqs[r][prompt_len:scored_len], skip_special_tokens=True)
-    completion = [_completion_tokens(s[prompt_len:scored_len], eos) for s in seqs]
+    ends = [_reply_end(s[prompt_len:], scored_len - prompt_len, eos) for s in seqs]
+    completion = [n for n, _ in ends]
+    for out, (n, ended) in zip(outcomes, ends, strict=True):
+        out.completion_tokens, out.ended = n, ended
     audit.request_completed(
         request_id=request_id,
         sequences=b,
@@ -250,6 +326,11 @@ def _layer_meta(layer: LayerEngine) -> dict[str, Any]:
             "labels": labels, "policies": policies}  # fmt: skip
 
 
-def _completion_tokens(reply: list[int], eos: int | None) -> int:
-    """Tokens a row generated: through its first EOS (the padding after it is not generated)."""
-    return reply.index(eos) + 1 if eos in reply else len(reply)
+def _reply_end(reply: list[int], scored: int, eos: int | None) -> tuple[int, bool]:
+    """Tokens a row generated, and whether its own EOS ended it. The first `scored` reply
+    tokens were scored; the EOS may be the token just after them (the last one generated is
+    never read by a forward pass). Padding after the EOS is not generated."""
+    seen = reply[: scored + 1]
+    if eos is not None and eos in seen:
+        return seen.index(eos) + 1, True
+    return min(scored, len(reply)), False

@@ -8,6 +8,7 @@ is the application's to call, not ours).
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from typing import Any
@@ -104,6 +105,20 @@ class AuditLog:
         # structlog's generic BoundLogger proxies any method name to the sink: resolve ``write``
         # once here so each event is one call.
         self._write: Callable[..., dict[str, Any]] = logger.write
+        self._listeners: list[Callable[[dict[str, Any]], None]] = []
+
+    def subscribe(self, listener: Callable[[dict[str, Any]], None]) -> None:
+        """Call ``listener(record)`` with every record once it is written (OpenTelemetry, metrics).
+
+        A failing listener is reported as a warning: the record is already safe in the log and
+        the reply must not fail because an exporter did.
+        """
+        self._listeners.append(listener)
+
+    def unsubscribe(self, listener: Callable[[dict[str, Any]], None]) -> None:
+        """Stop calling `listener` (no error when it was not subscribed)."""
+        if listener in self._listeners:
+            self._listeners.remove(listener)
 
     def emit(self, event: str, **fields: Any) -> dict[str, Any]:
         """Write one ``event`` record with ``fields`` and return it as written (with hashes)."""
@@ -112,7 +127,13 @@ class AuditLog:
         clash = sorted(_RESERVED.intersection(fields))
         if clash:
             raise AuditError(f"audit event {event!r} must not set {', '.join(clash)}")
-        return self._write(event, **fields)
+        record = self._write(event, **fields)
+        for listener in self._listeners:
+            try:
+                listener(record)
+            except Exception as exc:
+                warnings.warn(f"audit listener {listener!r} failed: {exc}", stacklevel=2)
+        return record
 
     def policy_triggered(self, **fields: Any) -> dict[str, Any]:
         """Write a ``policy_triggered`` record."""
