@@ -1,4 +1,4 @@
-# Two commands do all set-up on a fresh machine: `make test` and (once the demo lands) `make demo`.
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
 TORCH_VERSION ?= 2.13.0
 PYTHON ?= python3
 VENV := .venv
