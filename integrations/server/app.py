@@ -28,6 +28,7 @@ except ImportError as exc:  # say which extra brings it, not just what is missin
     ) from exc
 
 from featureguard.errors import FeatureguardError
+from featureguard.integrations._local import new_request_id
 from featureguard.integrations.server import protocol
 from featureguard.integrations.server.service import (
     END,
@@ -35,7 +36,6 @@ from featureguard.integrations.server.service import (
     GuardedService,
     QueueFull,
     iterate_in_worker,
-    new_request_id,
 )
 
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import queue
 import threading
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -172,10 +171,6 @@ class GuardedService:
         )
         kwargs["stopping_criteria"] = StoppingCriteriaList(criteria)
         return kwargs, int(mask.sum())
-
-
-def new_request_id() -> str:
-    return uuid.uuid4().hex
 
 
 def _choice(index: int, outcome: SequenceOutcome, stops: Sequence[str]) -> Choice:
