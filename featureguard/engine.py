@@ -22,6 +22,7 @@ import torch
 
 from featureguard.policy import Policy
 from featureguard.sae import SAE
+from featureguard.sae.top import TopFeatures
 
 # Policy columns are compiled in this order of actions; the names are the YAML's.
 EDITING_ACTIONS = ("suppress", "steer")
@@ -88,8 +89,7 @@ class LayerEngine:
         """`trace_topk` > 0 (a `topk` trace; `sae` then holds every feature) also records the
         k largest features of each token: one full encode per step, and no cost otherwise."""
         self.sae_name, self.hook, self.policies = sae_name, hook, policies
-        self.full = sae.to(device, dtype) if trace_topk else None
-        self.trace_topk = min(trace_topk, sae.d_sae)
+        self.top = TopFeatures(sae.to(device, dtype), trace_topk) if trace_topk else None
         features = sorted({f.index for p in policies for f in p.features})
         self.features: tuple[int, ...] = tuple(features)
         self.sae = sae.select(features).to(device, dtype)
@@ -146,9 +146,8 @@ class LayerEngine:
         triggered = self._windowed(above, state)
         state.blocked |= (triggered & self.blocks).any(dim=(1, 2))
         top = None
-        if self.full is not None:
-            k = torch.topk(self.full.encode(x), self.trace_topk, dim=-1)  # [b, s, k]
-            top = (k.values, k.indices)
+        if self.top is not None:
+            top = self.top(x)  # [b, s, k] values and indices
         state.records.append(
             StepRecord(self, ctx.position, ctx.is_prompt, f, scores, triggered, ctx.valid, top)
         )

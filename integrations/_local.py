@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 import uuid
 import weakref
+from collections.abc import Sequence
 from typing import Any
 
 from featureguard import Guard, GuardError, SequenceOutcome
@@ -46,6 +47,12 @@ def last_outcomes(guard: Guard, request_id: str) -> list[SequenceOutcome]:
 def outcome_dict(outcome: SequenceOutcome, request_id: str) -> dict[str, Any]:
     """The `featureguard` entry reported beside a reply: the outcome and its audit request id."""
     return {**outcome.to_dict(), "request_id": request_id}
+
+
+def cut_at_stop(text: str, stops: Sequence[str] | None) -> tuple[str, bool]:
+    """`text` up to the first stop string, and whether one was found."""
+    cuts = [i for i in (text.find(s) for s in stops or ()) if i >= 0]
+    return (text[: min(cuts)], True) if cuts else (text, False)
 
 
 def scored_max_new_tokens(n: int) -> int:

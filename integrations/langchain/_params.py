@@ -87,9 +87,3 @@ class GuardedParams(BaseModel):
             "max_tokens": self.max_tokens,
             "temperature": self.temperature,
         }
-
-
-def cut_at_stop(text: str, stop: list[str] | None) -> tuple[str, bool]:
-    """`text` up to the first stop sequence, and whether one was found (LangChain's `stop`)."""
-    cuts = [i for i in (text.find(s) for s in stop or []) if i >= 0]
-    return (text[: min(cuts)], True) if cuts else (text, False)

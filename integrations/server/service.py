@@ -25,6 +25,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 
 from featureguard import Guard, SequenceOutcome
 from featureguard.guard import encode_prompts
+from featureguard.integrations._local import cut_at_stop
 from featureguard.outcomes import TextScore
 
 END = object()
@@ -175,15 +176,9 @@ class GuardedService:
 
 def _choice(index: int, outcome: SequenceOutcome, stops: Sequence[str]) -> Choice:
     text, cut = (
-        _cut_at_stop(outcome.text or "", stops) if not outcome.blocked else (outcome.text, False)
+        cut_at_stop(outcome.text or "", stops) if not outcome.blocked else (outcome.text, False)
     )
     return Choice(index, text or "", "stop" if cut else outcome.finish_reason, outcome)
-
-
-def _cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
-    """`text` up to the first stop string, and whether one was found."""
-    ends = [i for i in (text.find(s) for s in stops) if i >= 0]
-    return (text[: min(ends)], True) if ends else (text, False)
 
 
 class _StopOnText(StoppingCriteria):
@@ -227,7 +222,7 @@ class _StopHoldback:
         if self.stopped:  # nothing after a stop string is shown
             return ""
         self.buffer += chunk
-        text, self.stopped = _cut_at_stop(self.buffer, self.stops)
+        text, self.stopped = cut_at_stop(self.buffer, self.stops)
         if self.stopped:
             self.buffer = ""
             return text

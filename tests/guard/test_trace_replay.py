@@ -239,12 +239,12 @@ def test_no_full_encode_without_a_topk_trace(tmp_path: Path, world: tw.World) ->
     _, path = run(world, tmp_path, trace={})
     with fg.wrap(world.model, path, tokenizer=world.tokenizer, audit=fg.MemorySink()) as g:
         [layer] = g.layers
-        assert layer.full is None and layer.trace_topk == 0
+        assert layer.top is None
         assert list(layer.sae.features) == [tw.TARGET]
     assert next(iter(TraceReader(tmp_path / "trace"))).layers[0].top_values is None
     _, path = run(world, tmp_path / "k", trace={"features": "topk", "k": 3})
     with fg.wrap(world.model, path, tokenizer=world.tokenizer, audit=fg.MemorySink()) as g:
-        assert g.layers[0].full is not None and g.layers[0].trace_topk == 3
+        assert g.layers[0].top is not None and g.layers[0].top.k == 3
 
 
 def test_cli_replay_prints_the_comparison(tmp_path: Path, world: tw.World,
