@@ -32,6 +32,7 @@ SECTION = "## Guarding overhead (bench/overhead.py)"
 HIDDEN, INTER, LAYERS, HEADS, VOCAB = 2048, 5632, 8, 16, 32000
 D_SAE, HOOK, PROMPT, NEW = 65_536, "blocks.4.hook_resid_post", 128, 64
 FEATURES = [[1000 + 7919 * (8 * p + i) % 60_000 for i in range(8)] for p in range(3)]
+PREFILL_PAIRS = 2  # extra prefill-only pairs per run: prefill is short, so noisier
 NEVER, ALWAYS = 1e9, -1.0  # thresholds: no token ever triggers / every token triggers
 MODES = {  # name: (action, the first policy triggers on every token, encode every feature)
     "log": ("log", False, False),
@@ -86,14 +87,16 @@ def policy_doc(mode: str, sae_dir: Path, trace_dir: Path) -> dict:
             "policies": policies, "audit": audit}  # fmt: skip
 
 
-def timed(model: torch.nn.Module, ids: torch.Tensor) -> tuple[float, float]:
-    """(prefill tokens/s, decode tokens/s) of one greedy generation."""
+def timed(model: torch.nn.Module, ids: torch.Tensor, new: int = NEW) -> tuple[float, float]:
+    """(prefill tokens/s, decode tokens/s) of one greedy generation of `new` tokens."""
     clock = Clock()
     start = time.perf_counter()
     with torch.no_grad():
-        model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=NEW,
-                       min_new_tokens=NEW, do_sample=False,
+        model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new,
+                       min_new_tokens=new, do_sample=False,
                        logits_processor=LogitsProcessorList([clock]))  # fmt: skip
+    if new == 1:
+        return ids.numel() / (clock.times[0] - start), float("nan")
     b = ids.shape[0]
     prefill = clock.times[0] - start
     decode = clock.times[-1] - clock.times[0]
@@ -155,8 +158,13 @@ def main() -> int:
         for mode in MODES:
             pre, dec, bare_pre, bare_dec = [], [], [], []
             for _ in range(args.runs):
-                p0, d0 = timed(model, ids)
                 doc = policy_doc(mode, args.sae_dir, tmp)
+                # Prefill is one short forward pass: time it PREFILL_PAIRS more times alone.
+                for _ in range(PREFILL_PAIRS):
+                    bare_pre.append(timed(model, ids, new=1)[0])
+                    with fg.wrap(model, doc, audit=fg.MemorySink()):
+                        pre.append(timed(model, ids, new=1)[0])
+                p0, d0 = timed(model, ids)
                 with fg.wrap(model, doc, audit=fg.MemorySink()):
                     p1, d1 = timed(model, ids)
                 bare_pre.append(p0), bare_dec.append(d0), pre.append(p1), dec.append(d1)
@@ -192,7 +200,8 @@ def main() -> int:
         f"Llama, hidden {HIDDEN}, intermediate {INTER}, {LAYERS} layers, {HEADS} heads, vocabulary "
         f"{VOCAB}, fp32, random weights; SAELens JumpReLU SAE, {D_SAE:,} features, on `{HOOK}`; "
         f"three policies × 8 features; {PROMPT} prompt tokens, {NEW} new, greedy; {args.runs} "
-        "runs per mode, each right after an unwrapped run; medians of the per-pair ratios. "
+        "runs per mode, each right after an unwrapped run (prefill: "
+        f"{args.runs * (PREFILL_PAIRS + 1)} pairs); medians of the per-pair ratios. "
         "Thresholds keep every policy silent except in the row that says otherwise; "
         "\"full audit\" encodes every feature and keeps the top 32 per token for the trace.",
         "",
