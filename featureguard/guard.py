@@ -218,23 +218,39 @@ class Guard:
                 out = original(*args, **kwargs)
             finally:
                 self._state = None
-            self.last = collect(
-                state=state,
-                prompt=ids,
-                mask=mask,
-                sequences=out if isinstance(out, torch.Tensor) else out.sequences,
-                request_id=request_id,
-                started=started,
-                tokenizer=self.tokenizer,
-                audit=self.audit,
-                closed_message=CLOSED_MESSAGE,
-                fail_closed=self.policies.fail_mode == "closed",
-                eos=eos,
-                include_text=self.policies.audit.include_text,
-                trace=self.trace,
-            )
+            sequences = out if isinstance(out, torch.Tensor) else out.sequences
+            self.last = self._collect(state, ids, mask, sequences, request_id, started, eos,
+                                      trace=self.trace)  # fmt: skip
             self.last_request_id = request_id
         return out
+
+    def _collect(
+        self,
+        state: GenerationState,
+        prompt: torch.Tensor,
+        mask: torch.Tensor | None,
+        sequences: torch.Tensor,
+        request_id: str,
+        started: float,
+        eos: int | None,
+        trace: TraceWriter | None = None,
+    ) -> list[SequenceOutcome]:
+        """`outcomes.collect` with this guard's tokenizer, audit log and policy-file settings."""
+        return collect(
+            state=state,
+            prompt=prompt,
+            mask=mask,
+            sequences=sequences,
+            request_id=request_id,
+            started=started,
+            tokenizer=self.tokenizer,
+            audit=self.audit,
+            closed_message=CLOSED_MESSAGE,
+            fail_closed=self.policies.fail_mode == "closed",
+            eos=eos,
+            include_text=self.policies.audit.include_text,
+            trace=trace,
+        )
 
     def generate(
         self, prompts: str | Sequence[str], *, request_id: str | None = None, **kwargs: Any
@@ -315,20 +331,8 @@ class Guard:
             with self._lock:
                 started = time.perf_counter()
                 _, state = self._read_as_reply(ids)
-                [outcome] = collect(
-                    state=state,
-                    prompt=ids[:, :0],
-                    mask=None,
-                    sequences=ids,
-                    request_id=rid,
-                    started=started,
-                    tokenizer=self.tokenizer,
-                    audit=self.audit,
-                    closed_message=CLOSED_MESSAGE,
-                    fail_closed=self.policies.fail_mode == "closed",
-                    eos=None,
-                    include_text=self.policies.audit.include_text,
-                )
+                # the whole text is the "reply": an empty prompt
+                [outcome] = self._collect(state, ids[:, :0], None, ids, rid, started, eos=None)
             tokens = self.tokenizer.batch_decode([[t] for t in ids[0].tolist()])
             results.append(TextScore(tokens, token_scores(state, ids.shape[1]), outcome))
         return results
@@ -389,11 +393,16 @@ def encode_prompts(
     return {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
 
 
+def scored_max_new_tokens(n: int) -> int:
+    """`max_new_tokens` to ask of a guarded `model.generate` for `n` scored tokens: the last
+    token generated never gets its own forward pass, so it is never scored, and the guard's
+    readers (`SequenceOutcome.text`, the streamer) drop it."""
+    return n + 1
+
+
 def _with_scored_last(kwargs: dict) -> dict:
-    """Ask for one more token: the last one generated never gets its own forward pass, so it
-    is never scored; the guard's own readers drop it."""
     if "max_new_tokens" in kwargs:
-        return {**kwargs, "max_new_tokens": kwargs["max_new_tokens"] + 1}
+        return {**kwargs, "max_new_tokens": scored_max_new_tokens(kwargs["max_new_tokens"])}
     return kwargs
 
 

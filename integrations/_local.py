@@ -53,13 +53,3 @@ def cut_at_stop(text: str, stops: Sequence[str] | None) -> tuple[str, bool]:
     """`text` up to the first stop string, and whether one was found."""
     cuts = [i for i in (text.find(s) for s in stops or ()) if i >= 0]
     return (text[: min(cuts)], True) if cuts else (text, False)
-
-
-def scored_max_new_tokens(n: int) -> int:
-    """`max_new_tokens` to ask of a guarded `model.generate` for `n` scored tokens.
-
-    transformers returns the last generated token without a forward pass reading it, so the
-    guard never scores it and `SequenceOutcome.text` leaves it out; one more token makes the
-    user-visible text `n` tokens long, as `guard.generate` does.
-    """
-    return n + 1

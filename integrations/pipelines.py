@@ -17,12 +17,12 @@ from transformers.pipelines.text_generation import ReturnType, TextGenerationPip
 
 import featureguard
 from featureguard import Guard, GuardError
+from featureguard.guard import scored_max_new_tokens
 from featureguard.integrations._local import (
     call_lock,
     last_outcomes,
     new_request_id,
     outcome_dict,
-    scored_max_new_tokens,
 )
 
 _KEY = "featureguard"  # in each output record, and (an object array) in the model outputs

@@ -9,13 +9,13 @@ from typing import Any
 import torch
 
 from featureguard import Guard, SequenceOutcome
+from featureguard.guard import scored_max_new_tokens
 from featureguard.integrations._local import (
     call_lock,
     cut_at_stop,
     last_outcomes,
     new_request_id,
     outcome_dict,
-    scored_max_new_tokens,
 )
 from featureguard.integrations.langchain._params import GuardedParams, Replies, Reply
 

@@ -183,17 +183,19 @@ def _choice(index: int, outcome: SequenceOutcome, stops: Sequence[str]) -> Choic
 
 class _StopOnText(StoppingCriteria):
     """Ends a row once its scored text (every token but the newest, which the guard has not
-    read yet) contains a stop string."""
+    read yet) contains a stop string. Called every step, it decodes only the tail that a stop
+    string completed by the newest scored token can lie in (earlier steps checked the rest):
+    every token is at least one character, plus slack for characters split across tokens."""
 
     def __init__(self, tokenizer: Any, stops: Sequence[str], prompt_len: int) -> None:
         self.tokenizer, self.stops, self.prompt_len = tokenizer, tuple(stops), prompt_len
+        self.window = max(len(s) for s in self.stops) + 4
 
     def __call__(
         self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any
     ) -> torch.Tensor:
-        texts = self.tokenizer.batch_decode(
-            input_ids[:, self.prompt_len : -1], skip_special_tokens=True
-        )
+        start = max(self.prompt_len, input_ids.shape[1] - 1 - self.window)
+        texts = self.tokenizer.batch_decode(input_ids[:, start:-1], skip_special_tokens=True)
         hit = [any(s in t for s in self.stops) for t in texts]
         return torch.tensor(hit, dtype=torch.bool, device=input_ids.device)
 
