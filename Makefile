@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint bench-load demo demo-assets clean
+.PHONY: install test lint fuzz bench-load demo demo-assets clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,12 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check featureguard integrations tests bench
 	$(PY) -m ruff format --check featureguard integrations tests bench
+
+# The nightly fuzzing run: only the `fuzz` tests, 20x the examples of `make test` (profile
+# `fuzz`, tests/conftest.py), with each test's real count of cases printed at the end
+# (240,000 cases, about 17 min on 2 cores; FUZZ_ARGS="-k sae" narrows it).
+fuzz: $(STAMP)
+	FEATUREGUARD_FUZZ=1 $(PY) -m pytest -q -m fuzz --hypothesis-show-statistics $(FUZZ_ARGS)
 
 # The bundled demo: the shipped model and SAE under log, block and suppress (under a minute).
 demo: $(STAMP)

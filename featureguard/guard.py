@@ -48,8 +48,11 @@ class Guard:
         self, model: torch.nn.Module, policies: PolicySet, tokenizer: Any, audit: AuditLog
     ) -> None:
         self.model, self.policies, self.tokenizer, self.audit = model, policies, tokenizer, audit
+        # The latest call's outcome, whichever thread made it: read it only where no other
+        # thread generates (the adapters hold `call_lock`); `generate()` returns its own call's.
         self.last: list[SequenceOutcome] = []
         self.last_request_id: str | None = None
+        self._this_thread = threading.local()  # `.last`: this thread's latest outcome
         self.layers: list[LayerEngine] = []
         self._state: GenerationState | None = None
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
@@ -222,6 +225,7 @@ class Guard:
             self.last = self._collect(state, ids, mask, sequences, request_id, started, eos,
                                       trace=self.trace)  # fmt: skip
             self.last_request_id = request_id
+            self._this_thread.last = self.last
         return out
 
     def _collect(
@@ -259,7 +263,7 @@ class Guard:
         self._require_attached()
         enc = self._encode(prompts)
         self.model.generate(**enc, request_id=request_id, **_with_scored_last(kwargs))
-        return [o.text or "" for o in self.last]
+        return [o.text or "" for o in self._this_thread.last]
 
     def stream(self, prompt: str, *, request_id: str | None = None, **kwargs: Any) -> Iterator[str]:
         """Yield the reply's text as it is generated, only for tokens already scored."""
@@ -430,7 +434,13 @@ def _eos_id(model: torch.nn.Module, tokenizer: Any) -> int | None:
 
 def _open_audit(policies: PolicySet, audit: AuditTarget | None) -> AuditLog:
     target = audit if audit is not None else policies.audit.path
-    sink = target if isinstance(target, JsonlSink | MemorySink) else JsonlSink(Path(target))
+    if isinstance(target, JsonlSink | MemorySink):
+        sink: JsonlSink | MemorySink = target
+    else:  # the policy file's durability and rotation apply to an overriding path too
+        spec, rotate = policies.audit, policies.audit.rotate
+        sink = JsonlSink(Path(target), fsync=spec.fsync,
+                         max_bytes=rotate.max_bytes if rotate else None,
+                         max_seconds=rotate.max_seconds if rotate else None)  # fmt: skip
     static = {"policy_file": policies.file} if policies.file else None
     return AuditLog(sink, include_text=policies.audit.include_text, static=static)
 

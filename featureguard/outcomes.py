@@ -157,9 +157,11 @@ def collect(
     seqs = sequences.tolist()
     outcomes = [SequenceOutcome() for _ in range(b)]
     decode = (lambda i: tokenizer.decode([i])) if tokenizer is not None else (lambda i: None)
-    scored_len = 0
+    # Positions that went through a guarded forward pass: scored, or (when scoring raised) let
+    # through by fail_mode open. Not from the records, which miss the steps that raised.
+    ctx = state.context
+    scored_len = 0 if ctx is None else ctx.position + ctx.valid.shape[1]
     for rec in state.records:
-        scored_len = max(scored_len, rec.position + rec.triggered.shape[1])
         hits = rec.triggered.nonzero().tolist()  # [[row, t, policy], ...]
         if not hits:
             continue

@@ -11,18 +11,29 @@ A line on disk is the canonical JSON of the whole record (``hash`` included) plu
 
 The format holds only strict JSON: NaN and infinities are rejected here with :class:`AuditError`
 (``AuditLog`` turns them into strings before they reach a sink, so a trigger is never lost).
+
+Rotated logs: a log at ``audit.jsonl`` may be split into numbered segments next to it,
+``audit.000001.jsonl``, ``audit.000002.jsonl``, ... (:func:`segment_path`: the number, zero-padded
+to at least six digits, goes before the last suffix), numbered in the order they were written,
+oldest first, with ``audit.jsonl`` itself (the active file) newest of all. The segments and the
+active file form one chain: the first segment's first record chains from :data:`GENESIS_HASH`,
+and the first record of each later file chains from the last record of the file before it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from featureguard.errors import AuditError
 
-__all__ = ["CHAIN_FIELDS", "GENESIS_HASH", "canonical_json", "parse_line", "record_hash", "seal"]
+__all__ = ["CHAIN_FIELDS", "GENESIS_HASH", "canonical_json", "log_files", "parse_line",
+           "record_hash", "seal", "segment_path", "segments"]  # fmt: skip
 
 GENESIS_HASH = "0" * 64
 """The ``prev_hash`` of the first record of a chain."""
@@ -78,3 +89,38 @@ def parse_line(raw: bytes | str) -> dict[str, Any] | None:
     if not all(isinstance(record.get(key), str) for key in CHAIN_FIELDS):
         return None
     return record
+
+
+def segment_path(path: str | os.PathLike[str], number: int) -> Path:
+    """The ``number``-th rotated segment of the log at ``path``: ``audit.jsonl`` and 3 give
+    ``audit.000003.jsonl`` (a name without a suffix gets ``.000003`` appended)."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.{number:06d}{path.suffix}")
+
+
+def segments(path: str | os.PathLike[str]) -> list[tuple[int, Path]]:
+    """The rotated segments of the log at ``path`` as (number, path), oldest first.
+
+    Numbers are compared as integers, so the order holds past 999999 too. A missing folder has
+    none; an unreadable one raises OSError.
+    """
+    path = Path(path)
+    pattern = re.compile(re.escape(path.stem) + r"\.(\d{6,})" + re.escape(path.suffix))
+    try:
+        names = os.listdir(path.parent)
+    except FileNotFoundError:
+        return []
+    found = [(int(match[1]), path.with_name(name))
+             for name in names if (match := pattern.fullmatch(name))]  # fmt: skip
+    return sorted(found)
+
+
+def log_files(path: str | os.PathLike[str]) -> list[Path]:
+    """The files holding the log at ``path``, in chain order: its segments, then ``path`` itself
+    (left out when segments exist and it does not: a writer stopped between rotating and
+    creating the next file). Just ``[path]`` for a log that was never rotated."""
+    path = Path(path)
+    files = [segment for _, segment in segments(path)]
+    if not files or path.exists():
+        files.append(path)
+    return files

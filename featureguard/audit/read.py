@@ -17,8 +17,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from featureguard.audit.chain import GENESIS_HASH, parse_line
-from featureguard.audit.verify import _link_problem, iter_records
+from featureguard.audit.chain import GENESIS_HASH, log_files, parse_line
+from featureguard.audit.verify import _lines, _link_problem, iter_records
 from featureguard.errors import AuditError, ChainBrokenError
 
 __all__ = ["FeatureActivation", "GuardErrorRecord", "PolicyTriggered", "Record",
@@ -217,6 +217,9 @@ def read(path: str | os.PathLike[str], *, verify: bool = False) -> Iterator[Reco
     With ``verify``, each line is also checked against the chain as it is read, and
     ChainBrokenError (with ``line``) is raised at the first line that fails, a cut tail
     included; records before it have been yielded. Without it, only unreadable lines raise.
+
+    A rotated log is read from its oldest segment to the file at ``path``, as one chain; a
+    record's ``line`` then counts lines across the files, in that order.
     """
     if not verify:
         for number, record in enumerate(iter_records(path), 1):
@@ -224,22 +227,24 @@ def read(path: str | os.PathLike[str], *, verify: bool = False) -> Iterator[Reco
         return
     path = Path(path)
     try:
-        with path.open("rb") as file:
-            prev_hash, prev_line = GENESIS_HASH, 0
-            for number, raw in enumerate(file, 1):
-                record = parse_line(raw)
-                if record is None:
-                    cut = "cut off mid-line" if not raw.endswith(b"\n") else "not an audit record"
-                    raise ChainBrokenError(f"{path}:{number}: {cut}", line=number)
-                problem = _link_problem(record, prev_hash, prev_line, number)
-                if problem is not None:
-                    raise ChainBrokenError(f"{path}: {problem}", line=number)
-                prev_hash, prev_line = record["hash"], number
-                yield parse(record, number)
-    except AuditError:  # an OSError too: let it through unchanged
-        raise
+        files = log_files(path)
     except OSError as exc:
-        raise AuditError(f"cannot read audit log {path}: {exc.strerror or exc}") from exc
+        raise AuditError(f"cannot list audit log {path}: {exc.strerror or exc}") from exc
+    several = len(files) > 1
+    prev_hash, prev_line, prev_file = GENESIS_HASH, 0, files[0]
+    for count, (file, number, raw, _last) in enumerate(_lines(files), 1):
+        record = parse_line(raw)
+        if record is None:
+            cut = "cut off mid-line" if not raw.endswith(b"\n") else "not an audit record"
+            raise ChainBrokenError(f"{file}:{number}: {cut}", line=number)
+        where = f"{file.name} line {number}" if several else None
+        after = f"{prev_file.name} line {prev_line}" if several and prev_line else None
+        problem = _link_problem(record, prev_hash, prev_line, number, where=where, after=after,
+                                new_file=number == 1 and prev_file != file)  # fmt: skip
+        if problem is not None:
+            raise ChainBrokenError(f"{path}: {problem}", line=number)
+        prev_hash, prev_line, prev_file = record["hash"], number, file
+        yield parse(record, count if several else number)
 
 
 def to_records(source: str | os.PathLike[str] | Iterable[Record]) -> list[dict[str, Any]]:

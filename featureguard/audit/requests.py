@@ -11,8 +11,9 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
-from featureguard.audit.chain import parse_line
+from featureguard.audit.chain import parse_line, segments
 from featureguard.audit.read import (
     GuardErrorRecord,
     PolicyTriggered,
@@ -71,27 +72,52 @@ class RequestGrouper:
 class Follower:
     """Reads the whole lines appended to an audit file since the last call (``tail -f``).
 
-    A file that shrank (replaced or truncated) is read again from its start.
+    When the file was rotated since the last call (it is another file now), the rest of the old
+    one is read first from the segment it became, so no record written before the rotation is
+    missed. A file that shrank in place (truncated) is read again from its start.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path, self._offset, self._line, self._rest = Path(path), 0, 0, b""
+        self._file_id: tuple[int, int] | None = None  # (device, inode) of the file being read
 
     def poll(self) -> Iterator[Record]:
         """The records of the lines completed since the last poll, read 1 MiB at a time."""
         try:
             with self.path.open("rb") as file:
-                if file.seek(0, os.SEEK_END) < self._offset:  # replaced or truncated
+                stat = os.fstat(file.fileno())
+                file_id = (stat.st_dev, stat.st_ino)
+                if self._file_id is not None and file_id != self._file_id:
+                    yield from self._finish_rotated()
+                elif stat.st_size < self._offset:  # truncated in place
                     self._offset, self._line, self._rest = 0, 0, b""
-                file.seek(self._offset)
-                while data := file.read(_CHUNK):
-                    self._offset += len(data)
-                    *lines, self._rest = (self._rest + data).split(b"\n")
-                    yield from self._parse(lines)
+                self._file_id = file_id
+                yield from self._read(file)
         except AuditError:
             raise
         except OSError as exc:
             raise AuditError(f"cannot read audit log {self.path}: {exc.strerror or exc}") from exc
+
+    def _finish_rotated(self) -> Iterator[Record]:
+        """The lines the old file got after the last poll, read from the segment it became,
+        then every segment rotated after it, whole."""
+        later = [p for _, p in segments(self.path)]
+        ids = [(st.st_dev, st.st_ino) for st in map(os.stat, later)]
+        if self._file_id in ids:
+            later = later[ids.index(self._file_id) :]
+        else:  # the old file is gone (moved away): read what is left of the chain
+            later, self._offset = [], 0
+        for segment in later:
+            with segment.open("rb") as file:
+                yield from self._read(file)
+            self._offset, self._rest = 0, b""
+
+    def _read(self, file: BinaryIO) -> Iterator[Record]:
+        file.seek(self._offset)
+        while data := file.read(_CHUNK):
+            self._offset += len(data)
+            *lines, self._rest = (self._rest + data).split(b"\n")
+            yield from self._parse(lines)
 
     def _parse(self, lines: list[bytes]) -> Iterator[Record]:
         for raw in lines:

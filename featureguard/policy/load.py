@@ -301,9 +301,15 @@ _TRACE: _Fields = {
     "k": (partial(_integer, minimum=1), False),
     "path": (_file_path, True),
 }
+_ROTATE: _Fields = {
+    "max_bytes": (partial(_integer, minimum=1), False),
+    "max_seconds": (partial(_number, positive=True), False),
+}
 _AUDIT: _Fields = {
     "path": (_file_path, False),
     "include_text": (_boolean, False),
+    "fsync": (partial(_choice, options=m.FSYNC_MODES), False),
+    "rotate": (partial(_object, cls=m.RotateSpec, fields=_ROTATE), False),
     "trace": (partial(_object, cls=m.TraceSpec, fields=_TRACE), False),
 }
 _TOP: _Fields = {
@@ -342,11 +348,24 @@ def _check_file(path: str | os.PathLike[str]) -> tuple[m.PolicySet | None, list[
         if len(data) > MAX_CHARS:  # before decoding, which could split a character
             return None, [Problem(file, None, None, "", too_big(len(data)))]
         text = data.decode("utf-8-sig")
-    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path, or not UTF-8
+    except UnicodeDecodeError as exc:
+        return None, [_not_utf8(file, exc)]
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
         hint = " (to load YAML text, use load_policies_text)" if "\n" in file else ""
         reason = getattr(exc, "strerror", None) or str(exc)
         return None, [Problem(file, None, None, "", f"cannot read the policy file: {reason}{hint}")]
     return _check_text(text, file, Path(file).parent, origin=file)
+
+
+def _not_utf8(file: str, exc: UnicodeDecodeError) -> Problem:
+    """A file that is not UTF-8, located at its first bad byte (the line before it is text)."""
+    data, at = exc.object, exc.start
+    start = data.rfind(b"\n", 0, at) + 1
+    line = data.count(b"\n", 0, at) + 1
+    column = len(data[start:at].decode("utf-8", "replace")) + 1
+    got = ", ".join(f"0x{b:02x}" for b in data[at : exc.end])
+    message = f"cannot read the policy file: expected UTF-8 text, got byte {got} ({exc.reason})"
+    return Problem(file, line, column, "", message)
 
 
 def _result(policies: m.PolicySet | None, problems: list[Problem]) -> m.PolicySet:

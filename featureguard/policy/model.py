@@ -22,6 +22,7 @@ FailMode = Literal["closed", "open"]
 SuppressMethod = Literal["clamp", "ablate"]
 SuppressMode = Literal["conditional", "always"]
 TraceFeatures = Literal["policy", "topk"]
+FsyncMode = Literal["request", "record", "never"]
 
 # The tuples are read off the Literals so that the two can never disagree.
 ACTIONS: tuple[str, ...] = get_args(Action)
@@ -31,6 +32,7 @@ FAIL_MODES: tuple[str, ...] = get_args(FailMode)
 SUPPRESS_METHODS: tuple[str, ...] = get_args(SuppressMethod)
 SUPPRESS_MODES: tuple[str, ...] = get_args(SuppressMode)
 TRACE_FEATURES: tuple[str, ...] = get_args(TraceFeatures)
+FSYNC_MODES: tuple[str, ...] = get_args(FsyncMode)
 
 DEFAULT_MESSAGE = "This reply was withheld by policy '{name}'."
 DEFAULT_AUDIT_PATH = "featureguard-audit.jsonl"
@@ -178,6 +180,23 @@ class TraceSpec:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class RotateSpec:
+    """When the audit log moves on to a new file (`featureguard.audit.sink`); the numbered
+    segments and the new file stay one hash chain."""
+
+    max_bytes: int | None = None
+    """Start a new file before one would grow past this many bytes (>= 1)."""
+    max_seconds: float | None = None
+    """Start a new file once the current one's first record is this many seconds old (> 0)."""
+    where: Location = field(compare=False)
+    """Where the section was written."""
+
+    def __post_init__(self) -> None:
+        if self.max_bytes is None and self.max_seconds is None:
+            _check([self.where.problem("expected at least one of max_bytes, max_seconds")])
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AuditSpec:
     """Where and how decisions are logged."""
 
@@ -185,6 +204,11 @@ class AuditSpec:
     """The JSONL log, relative to the working directory of the process."""
     include_text: bool = True
     """Whether records carry token text; False keeps only token ids."""
+    fsync: FsyncMode = "request"
+    """When the log is fsynced: request (after each request's last record), record (after
+    every record) or never (left to the OS)."""
+    rotate: RotateSpec | None = None
+    """When to start a new file; None keeps one file."""
     trace: TraceSpec | None = None
     """Per-token activations to keep besides the log; None keeps none."""
     where: Location = field(compare=False)

@@ -123,8 +123,10 @@ class _Walker:
             return self.loader.construct_object(node, deep=True)
         except (yaml.YAMLError, ValueError, ArithmeticError) as exc:
             reason = exc.problem if isinstance(exc, yaml.MarkedYAMLError) else str(exc)
-            tag = node.tag.replace("tag:yaml.org,2002:", "!!")
-            return self.fail(node, path, f"expected a value readable as {tag} ({reason})")
+        except (LookupError, AttributeError):  # PyYAML's own slips: `!!int` with no digits,
+            reason = f"got {describe(node.value)}"  # `!!bool maybe`, `!!timestamp x`
+        tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+        return self.fail(node, path, f"expected a value readable as {tag} ({reason})")
 
 
 def _position(node: yaml.Node) -> tuple[int, int]:

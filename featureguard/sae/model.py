@@ -108,6 +108,15 @@ class SAE:
                 raise SAEFormatError(f"{where}: a gated SAE needs b_mag and r_mag")
             _check(where, "b_mag", b_mag, (k,))
             _check(where, "r_mag", r_mag, (k,))
+        named = {"W_enc": W_enc, "b_enc": b_enc, "W_dec": W_dec, "b_dec": b_dec,
+                 "threshold": threshold, "b_mag": b_mag, "r_mag": r_mag}  # fmt: skip
+        dtypes = {n: str(t.dtype).removeprefix("torch.") for n, t in named.items() if t is not None}
+        if len(set(dtypes.values())) > 1:  # encode and decode need one dtype
+            listing = ", ".join(f"{n} {d}" for n, d in dtypes.items())
+            raise SAEFormatError(
+                f"{where}: tensors of different dtypes ({listing}); pass dtype= to load_sae "
+                "to read them as one"
+            )
         if cfg.architecture == "topk" and not (cfg.k and 0 < cfg.k <= cfg.d_sae):
             raise SAEFormatError(f"{where}: topk needs 0 < k <= d_sae={cfg.d_sae}, got k={cfg.k}")
         if self.features is not None:

@@ -179,7 +179,8 @@ def open_safetensors(path: Path) -> TensorFile:
             raise SAEFormatError(f"{path}: corrupt or truncated safetensors header (length {n})")
         try:
             header = json.loads(fh.read(n))
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        # ValueError: not UTF-8, not JSON, or an integer past Python's 4300 digits
+        except (ValueError, RecursionError) as exc:
             raise SAEFormatError(f"{path}: corrupt safetensors header: {exc}") from exc
     if not isinstance(header, dict):
         raise SAEFormatError(f"{path}: corrupt safetensors header (not a JSON object)")
@@ -231,6 +232,13 @@ def open_npz(path: Path) -> TensorFile:
                     if dt.hasobject:
                         raise SAEFormatError(f"{path}: {name} is not a plain numeric array")
                     if not fortran:
+                        data_start = info.header_offset + 30 + name_len + extra_len
+                        nbytes = dt.itemsize * math.prod(shape)
+                        if fh.tell() + nbytes > data_start + info.compress_size:
+                            raise SAEFormatError(
+                                f"{path}: {name} is shorter than its shape {list(shape)} of "
+                                f"{dt} needs ({nbytes} bytes): corrupt or truncated"
+                            )
                         tdtype = torch.from_numpy(np.empty(0, dtype=dt.newbyteorder("="))).dtype
                         arrays[name] = _Raw(path, fh.tell(), tuple(shape), tdtype, dt)
                         continue
@@ -239,7 +247,10 @@ def open_npz(path: Path) -> TensorFile:
                     arr = np.lib.format.read_array(member)
                     arr = np.ascontiguousarray(arr.astype(arr.dtype.newbyteorder("=")))
                     arrays[name] = torch.from_numpy(arr)
-    except (zipfile.BadZipFile, ValueError, TypeError, OSError, EOFError, struct.error) as exc:
+    # Damaged bytes make zipfile, zlib and numpy's .npy header parser raise many kinds (zlib.error,
+    # SyntaxError, tokenize.TokenError, OverflowError, RuntimeError for an encrypted flag...);
+    # all mean the file is not readable.
+    except Exception as exc:
         if isinstance(exc, SAEFormatError):
             raise
         raise SAEFormatError(f"{path}: corrupt or truncated npz file: {exc}") from exc
@@ -275,7 +286,9 @@ def read_json(path: Path) -> dict:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise SAELoadError(f"{path}: no such file") from exc
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    # ValueError: not UTF-8, not JSON, or an integer past Python's 4300 digits; RecursionError:
+    # nesting deeper than Python's recursion limit
+    except (OSError, ValueError, RecursionError) as exc:
         raise SAEFormatError(f"{path}: not valid JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise SAEFormatError(f"{path}: expected a JSON object, got {type(data).__name__}")

@@ -120,9 +120,15 @@ class GuardedService:
         """The model's chat template over `messages`; without one, the contents joined by
         newlines (a completion model, like the demo's, then continues the last message)."""
         if getattr(self.tokenizer, "chat_template", None):
-            return self.tokenizer.apply_chat_template(
+            text = self.tokenizer.apply_chat_template(
                 list(messages), tokenize=False, add_generation_prompt=True
             )
+            # Templates that write the BOS token would get a second one when the text is
+            # tokenized with the tokenizer's own special tokens: keep the tokenizer's.
+            bos = self.tokenizer.bos_token
+            if bos and text.startswith(bos) and _adds_bos(self.tokenizer):
+                text = text[len(bos) :]
+            return text
         return "\n".join(m["content"] for m in messages)
 
     # ---- jobs (run on the worker thread) -------------------------------------------------------
@@ -252,3 +258,9 @@ def iterate_in_worker(
             items.put(END)
 
     return service.submit(job), items
+
+
+def _adds_bos(tokenizer: Any) -> bool:
+    """Whether tokenizing text puts the BOS token in front of it."""
+    ids = tokenizer("a")["input_ids"]
+    return bool(ids) and ids[0] == tokenizer.bos_token_id

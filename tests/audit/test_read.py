@@ -10,6 +10,7 @@ import pytest
 
 import featureguard.audit as audit
 from featureguard.audit import JsonlSink
+from featureguard.audit.chain import segments
 from featureguard.audit.read import Row
 from featureguard.audit.requests import Follower, RequestGrouper
 from featureguard.errors import AuditError, ChainBrokenError
@@ -142,3 +143,19 @@ def test_follower_reads_only_whole_new_lines(tmp_path: Path, sample: SimpleNames
     path.write_bytes(data)
     [rec] = follower.poll()
     assert rec.line == 4 and rec.request_id == "r2"
+
+
+def test_follower_reads_the_rest_of_a_rotated_file(tmp_path: Path) -> None:
+    """Records written between a poll and a rotation are read from the segment the file
+    became, before the new file's records, none missed and none twice."""
+    path = tmp_path / "live.jsonl"
+    follower = Follower(path)
+    with JsonlSink(path, max_bytes=400) as sink:
+        sink.write({"event": "request_completed", "request_id": "r0"})
+        assert [r.request_id for r in follower.poll()] == ["r0"]
+        for i in range(1, 12):  # several rotations between two polls
+            sink.write({"event": "request_completed", "request_id": f"r{i}"})
+        assert len(segments(path)) >= 2
+        assert [r.request_id for r in follower.poll()] == [f"r{i}" for i in range(1, 12)]
+        sink.write({"event": "request_completed", "request_id": "r12"})
+        assert [r.request_id for r in follower.poll()] == ["r12"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 
 import pytest
 
@@ -44,11 +45,64 @@ def test_parent_folders_are_created(tmp_path):
     assert verify(path).ok
 
 
-def test_fsync_mode_writes_a_verifiable_file(tmp_path):
-    """fsync=True changes durability only, not the file."""
+def _count_file_fsyncs(monkeypatch):
+    """Replace os.fsync with a counter of fsyncs of regular files (folder fsyncs are not
+    counted); returns the list of counts, one entry per call."""
+    calls = []
+    real = os.fsync
+
+    def counting(fd):
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            calls.append(fd)
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", counting)
+    return calls
+
+
+REQUEST = [
+    {"event": "policy_triggered", "request_id": "r", "n": 1},
+    {"event": "policy_triggered", "request_id": "r", "n": 2},
+    {"event": "request_completed", "request_id": "r"},
+]
+
+
+@pytest.mark.parametrize(
+    ("mode", "per_request"), [("request", 1), ("record", len(REQUEST)), ("never", 0)]
+)
+def test_fsync_modes_count_fsyncs(tmp_path, monkeypatch, mode, per_request):
+    """request: one fsync per request_completed; record: one per record; never: none. The
+    file is the same in every mode."""
+    calls = _count_file_fsyncs(monkeypatch)
     path = tmp_path / "audit.jsonl"
-    _write(path, 2, fsync=True)
-    assert verify(path).records == 2
+    with JsonlSink(path, fsync=mode) as sink:
+        for n in range(1, 4):
+            for record in REQUEST:
+                sink.write(record)
+            assert len(calls) == n * per_request
+    assert len(calls) == 3 * per_request  # closing after a request_completed adds none
+    assert verify(path).records == 3 * len(REQUEST)
+
+
+def test_request_mode_fsyncs_after_guard_error_and_on_close(tmp_path, monkeypatch):
+    """A guard_error ends a request too; records written after the last end are fsynced when
+    the sink closes."""
+    calls = _count_file_fsyncs(monkeypatch)
+    sink = JsonlSink(tmp_path / "audit.jsonl")  # fsync="request" is the default
+    sink.write({"event": "policy_triggered"})
+    assert calls == []
+    sink.write({"event": "guard_error", "error": "boom"})
+    assert len(calls) == 1
+    sink.write({"event": "policy_triggered"})
+    sink.close()
+    assert len(calls) == 2
+
+
+@pytest.mark.parametrize("bad", [True, False, "always", None])
+def test_fsync_must_be_a_mode(tmp_path, bad):
+    """The old boolean (or any other value) is refused, naming the modes."""
+    with pytest.raises(ValueError, match="'request', 'record', 'never'"):
+        JsonlSink(tmp_path / "audit.jsonl", fsync=bad)
 
 
 def test_cut_file_resumes_on_a_new_line(tmp_path):

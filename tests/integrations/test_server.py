@@ -6,9 +6,7 @@ block policy on that feature stops that prompt's reply at exactly that token, an
 
 from __future__ import annotations
 
-import socket
 import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,11 +17,13 @@ import openai
 import pytest
 import tiny_world as tw
 import torch
-import uvicorn
+from serving import running
+from tokenizers import processors
 
 import featureguard as fg
 from featureguard.audit import iter_records, verify
 from featureguard.integrations.server import GuardedService, QueueFull, create_app
+from featureguard.integrations.server import service as service_module
 
 MESSAGE = "withheld by the test policy"
 API_KEY = "test-key"
@@ -57,12 +57,6 @@ class Served:
         return "".join(self.world.tokenizer.batch_decode([[i] for i in self.reply_ids(prompt, n)]))
 
 
-def _free_socket() -> socket.socket:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    return sock
-
-
 @pytest.fixture(scope="module")
 def served(world: tw.World, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     tmp = tmp_path_factory.mktemp("server")
@@ -71,16 +65,8 @@ def served(world: tw.World, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     audit = tmp / "audit.jsonl"
     guard = fg.wrap(world.model, policy, tokenizer=world.tokenizer, audit=audit)
     app = create_app(GuardedService(guard, "tiny-llama", max_queue=16), api_key=API_KEY)
-    sock = _free_socket()
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.02)
-    host, port = sock.getsockname()
-    yield Served(world, audit, f"http://{host}:{port}", guard, bare)
-    server.should_exit = True
-    thread.join(timeout=10)
+    with running(app) as url:
+        yield Served(world, audit, url, guard, bare)
     guard.detach()
 
 
@@ -294,6 +280,15 @@ def test_chat_template_is_applied(served: Served) -> None:
             "{% for m in messages %}{{ m['role'][0] }}: {{ m['content'] }}\n{% endfor %}"
         )
         assert service.chat_prompt(messages) == "s: be safe\nu: hi\n"
+        tok.chat_template = "{{ bos_token }}" + tok.chat_template
+        assert service.chat_prompt(messages) == "<bos>s: be safe\nu: hi\n"  # no BOS added
+        adds_bos = tw.char_tokenizer()
+        adds_bos.backend_tokenizer.post_processor = processors.TemplateProcessing(
+            single="<bos> $A", special_tokens=[("<bos>", 1)])  # fmt: skip
+        assert service_module._adds_bos(adds_bos) and not service_module._adds_bos(tok)
+        with pytest.MonkeyPatch.context() as mp:  # as if the model's tokenizer added it
+            mp.setattr(service_module, "_adds_bos", lambda _tok: True)
+            assert service.chat_prompt(messages) == "s: be safe\nu: hi\n"  # not twice
     finally:
         tok.chat_template = None
         service.close()

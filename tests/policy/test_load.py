@@ -288,3 +288,18 @@ def test_alias_bomb_is_rejected_quickly() -> None:
     levels += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
     with pytest.raises(PolicyError, match="expected at most 100000 values"):
         load_policies_text("\n".join(levels))
+
+
+def test_audit_durability_and_rotation_load() -> None:
+    """audit.fsync and audit.rotate end up in AuditSpec; max_seconds is stored as a float."""
+    from featureguard.policy.model import RotateSpec
+
+    text = BASE + "audit:\n  fsync: record\n  rotate: {max_bytes: 1000, max_seconds: 60}\n"
+    audit = load_policies_text(text).audit
+    assert audit == AuditSpec(
+        fsync="record", rotate=RotateSpec(max_bytes=1000, max_seconds=60.0, where=NOWHERE),
+        where=NOWHERE,
+    )  # fmt: skip
+    assert type(audit.rotate.max_seconds) is float
+    only_age = load_policies_text(BASE + "audit: {rotate: {max_seconds: 0.5}}\n").audit.rotate
+    assert (only_age.max_bytes, only_age.max_seconds) == (None, 0.5)

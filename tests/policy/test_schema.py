@@ -13,6 +13,7 @@ import yaml
 from jsonschema import Draft202012Validator
 from policy_cases import BASE, CASES, EXAMPLE, ROOT, VALID
 
+from featureguard.audit.sink import FSYNC_MODES as SINK_FSYNC_MODES
 from featureguard.policy import (
     ACTIONS,
     FAIL_MODES,
@@ -27,9 +28,11 @@ from featureguard.policy import (
     SuppressSpec,
 )
 from featureguard.policy.model import (
+    FSYNC_MODES,
     SUPPRESS_METHODS,
     SUPPRESS_MODES,
     CalibrationSpec,
+    RotateSpec,
     TraceSpec,
 )
 
@@ -65,6 +68,7 @@ OBJECTS = [
     (SCHEMA["$defs"]["audit"], AuditSpec, {"where"}),
     (SCHEMA["$defs"]["calibration"], CalibrationSpec, {"where"}),
     (SCHEMA["$defs"]["trace"], TraceSpec, {"where"}),
+    (SCHEMA["$defs"]["rotate"], RotateSpec, {"where"}),
 ]
 
 
@@ -98,6 +102,7 @@ def test_schema_enums_equal_the_python_tuples() -> None:
     assert tuple(top["fail_mode"]["enum"]) == FAIL_MODES
     assert tuple(defs["suppress"]["properties"]["method"]["enum"]) == SUPPRESS_METHODS
     assert tuple(defs["suppress"]["properties"]["mode"]["enum"]) == SUPPRESS_MODES
+    assert tuple(defs["audit"]["properties"]["fsync"]["enum"]) == FSYNC_MODES == SINK_FSYNC_MODES
 
 
 def test_every_object_forbids_additional_properties() -> None:

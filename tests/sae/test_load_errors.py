@@ -3,14 +3,22 @@ file, never a raw safetensors/json/numpy/torch traceback."""
 
 from __future__ import annotations
 
+import io
 import json
 import random
+import re
 import shutil
+import struct
+import zipfile
+import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
+import sae_format_fixtures
 import torch
-from hypothesis import given, settings
+from fuzzing import fuzz
+from hypothesis import given
 from hypothesis import strategies as st
 
 from featureguard.errors import FeatureguardError, SAEFormatError, SAELoadError
@@ -153,14 +161,14 @@ def _load_corrupted(pristine, scratch: Path, edits: list[tuple[int, int]], in_he
 _edits = st.lists(st.tuples(st.integers(0, 2**20), st.integers(0, 255)), min_size=1, max_size=8)
 
 
-@settings(max_examples=80, deadline=None)
+@fuzz(200)
 @given(edits=_edits)
 def test_header_corruption_never_escapes(pristine, tmp_path_factory, edits) -> None:
     """Bytes changed in the length or JSON header load or raise a FeatureguardError, only."""
     _load_corrupted(pristine, tmp_path_factory.getbasetemp() / "header-fuzz", edits, True)
 
 
-@settings(max_examples=40, deadline=None)
+@fuzz(100)
 @given(edits=_edits)
 def test_body_corruption_never_escapes(pristine, tmp_path_factory, edits) -> None:
     """Bytes changed in the tensor data load or raise a FeatureguardError, only."""
@@ -342,3 +350,220 @@ def test_pickle_that_is_not_a_torch_file(tmp_path: Path) -> None:
     with pytest.raises(SAEFormatError, match="cannot read as a weights-only torch file") as err:
         open_torch(path, allow_pickle=True)
     assert str(path) in str(err.value)
+
+
+# ---- found by fuzzing (tests/sae/test_fuzz.py) ---------------------------------------------------
+def test_cfg_nested_past_the_recursion_limit(tmp_path: Path, write_saelens) -> None:
+    """A cfg.json nested 100,000 levels deep raises SAEFormatError naming it (was a bare
+    RecursionError)."""
+    folder = write_saelens(tmp_path / "sae", "v6-standard")
+    folder.config.write_text("[" * 100_000 + "]" * 100_000, encoding="utf-8")
+    with pytest.raises(SAEFormatError, match="not valid JSON") as err:
+        load_sae(folder.path)
+    assert str(folder.config) in str(err.value)
+
+
+def test_cfg_huge_integer(tmp_path: Path, write_saelens) -> None:
+    """A d_in of 5000 digits (Python reads 4300) raises SAEFormatError naming cfg.json (was a
+    bare ValueError)."""
+    folder = write_saelens(tmp_path / "sae", "v6-standard")
+    folder.config.write_text('{"d_in": ' + "9" * 5000 + ', "d_sae": 40}', encoding="utf-8")
+    with pytest.raises(SAEFormatError, match="not valid JSON") as err:
+        load_sae(folder.path)
+    assert str(folder.config) in str(err.value)
+
+
+def test_safetensors_header_huge_integer(tmp_path: Path, write_saelens) -> None:
+    """A header number of 5000 digits raises SAEFormatError naming the weights (was ValueError)."""
+    folder = write_saelens(tmp_path / "sae", "v6-standard")
+    data = folder.weights.read_bytes()
+    end = _header_end(folder.weights)
+    raw = data[8:end].replace(b'"shape":[12,40]', b'"shape":[' + b"9" * 5000 + b",40]", 1)
+    assert raw != data[8:end]
+    folder.weights.write_bytes(len(raw).to_bytes(8, "little") + raw + data[end:])
+    with pytest.raises(SAEFormatError, match="corrupt safetensors header") as err:
+        load_sae(folder.path)
+    assert str(folder.weights) in str(err.value)
+
+
+def test_corrupt_safetensors_body(tmp_path: Path, write_saelens) -> None:
+    """Weight bytes overwritten with 0xff (NaN in float32) raise SAEFormatError naming the SAE
+    and the tensor."""
+    folder = write_saelens(tmp_path / "sae", "v6-standard")
+    data = bytearray(folder.weights.read_bytes())
+    header = json.loads(data[8 : _header_end(folder.weights)])
+    begin, _ = header["W_dec"]["data_offsets"]
+    at = _header_end(folder.weights) + begin
+    data[at : at + 64] = b"\xff" * 64
+    folder.weights.write_bytes(bytes(data))
+    with pytest.raises(SAEFormatError, match="W_dec has 16 NaN or infinite values") as err:
+        load_sae(folder.path)
+    assert str(folder.path) in str(err.value)
+
+
+# ---- npz (Gemma Scope params.npz) ----------------------------------------------------------------
+def _gemma(tmp_path: Path, **kwargs: object) -> tuple[Path, Path]:
+    """A Gemma Scope SAE folder and its params.npz."""
+    written = sae_format_fixtures.write_gemma_scope(tmp_path, **kwargs)
+    return written.path, written.path / "params.npz"
+
+
+def _members(npz: Path) -> dict[str, int]:
+    """Offset of each member's data in the zip (after its local header, name and extra field)."""
+    data = npz.read_bytes()
+    with zipfile.ZipFile(npz) as zf:
+        heads = {i.filename: i.header_offset for i in zf.infolist()}
+    lengths = {n: struct.unpack("<HH", data[at + 26 : at + 30]) for n, at in heads.items()}
+    return {n: at + 30 + sum(lengths[n]) for n, at in heads.items()}
+
+
+def test_npz_corrupt_zip_directory(tmp_path: Path) -> None:
+    """A params.npz whose zip central directory is overwritten raises SAEFormatError naming it."""
+    folder, npz = _gemma(tmp_path)
+    data = bytearray(npz.read_bytes())
+    data[-60:] = b"\x00" * 60
+    npz.write_bytes(bytes(data))
+    with pytest.raises(SAEFormatError, match="corrupt or truncated npz") as err:
+        load_sae(folder)
+    assert str(npz) in str(err.value)
+
+
+def test_npz_damaged_compressed_member(tmp_path: Path) -> None:
+    """A damaged deflate stream (zlib.error inside zipfile) raises SAEFormatError naming the
+    file (was zlib.error)."""
+    folder, npz = _gemma(tmp_path, compressed=True)
+    data = bytearray(npz.read_bytes())
+    at = _members(npz)["W_enc.npy"]
+    data[at] = 0x00  # a stored block whose lengths do not match
+    npz.write_bytes(bytes(data))
+    with pytest.raises(zlib.error), zipfile.ZipFile(npz) as zf:
+        zf.read("W_enc.npy")
+    with pytest.raises(SAEFormatError, match="corrupt or truncated npz") as err:
+        load_sae(folder)
+    assert str(npz) in str(err.value)
+
+
+def test_npz_unparsable_npy_header(tmp_path: Path) -> None:
+    """An .npy header numpy cannot parse (tokenize.TokenError inside numpy) raises SAEFormatError
+    naming the file (was TokenError)."""
+    folder, npz = _gemma(tmp_path)
+    data = bytearray(npz.read_bytes())
+    at = _members(npz)["b_enc.npy"] + 10  # after the magic and the header length
+    header = data[at : data.index(b"\n", at)]
+    data[at : at + len(header)] = b"{'descr': '<f4', 'shape': (64,".ljust(len(header))
+    npz.write_bytes(bytes(data))
+    with pytest.raises(SAEFormatError, match="corrupt or truncated npz") as err:
+        load_sae(folder)
+    assert str(npz) in str(err.value)
+
+
+@pytest.mark.parametrize("dtype", ["int32", "uint16", "bool", "complex64"])
+def test_npz_weights_not_floating(tmp_path: Path, dtype: str) -> None:
+    """W_enc stored as integers, booleans or complex numbers raises SAEFormatError naming the
+    file and tensor, for whole and partial loads (was a torch error at read or encode time)."""
+    folder, npz = _gemma(tmp_path, edit=lambda a: a.update(W_enc=a["W_enc"].astype(dtype)))
+    for features in (None, [0, 5]):
+        with pytest.raises(SAEFormatError, match=f"W_enc has dtype {dtype}, expected a float"):
+            load_sae(folder, features=features)
+    with pytest.raises(SAEFormatError) as err:
+        load_sae(folder)
+    assert str(npz) in str(err.value)
+
+
+def test_npz_mixed_float_dtypes(tmp_path: Path) -> None:
+    """W_dec in float16 beside float32 tensors raises SAEFormatError naming the SAE, with the
+    dtype= remedy (decode failed in torch before); dtype= loads it."""
+    folder, _ = _gemma(tmp_path, edit=lambda a: a.update(W_dec=a["W_dec"].astype("float16")))
+    with pytest.raises(SAEFormatError, match=r"different dtypes \(.*W_dec float16.*dtype=") as err:
+        load_sae(folder)
+    assert str(folder) in str(err.value)
+    sae = load_sae(folder, dtype=torch.float32)
+    x = torch.ones(sae.d_in)
+    assert sae.decode(sae.encode(x), x).dtype == torch.float32
+
+
+@pytest.mark.parametrize(
+    ("name", "edit", "match"),
+    [("b_dec", lambda a: a["b_dec"][:1].reshape(()), r"b_dec has shape \[\], expected a vector"),
+     ("W_enc", lambda a: a["W_enc"].reshape(-1), r"W_enc has shape \[1024\], expected \[16, 64\]"),
+     ("W_dec", lambda a: a["W_dec"][None], r"W_dec has shape \[1, 64, 16\], expected \[64, 16\]")],
+    ids=["scalar-bias", "flat-matrix", "extra-dim"],
+)  # fmt: skip
+def test_npz_wrong_shape(tmp_path: Path, name: str, edit, match: str) -> None:
+    """An array of the wrong rank raises SAEFormatError naming the file and the shapes."""
+    folder, npz = _gemma(tmp_path, edit=lambda a: a.update({name: edit(a)}))
+    with pytest.raises(SAEFormatError, match=match) as err:
+        load_sae(folder)
+    assert str(npz) in str(err.value)
+
+
+def test_npz_member_shorter_than_its_shape(tmp_path: Path) -> None:
+    """A stored member whose header claims more data than it holds raises SAEFormatError naming
+    it (a read would have taken the next member's bytes for the threshold)."""
+    folder, npz = _gemma(tmp_path)
+    arrays = dict(np.load(npz))
+    short = io.BytesIO()
+    np.lib.format.write_array(short, arrays["threshold"][:10])
+    raw = short.getvalue().replace(b"(10,)", b"(64,)", 1)
+    with zipfile.ZipFile(npz, "w") as zf:
+        for key, value in arrays.items():
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, value)
+            zf.writestr(f"{key}.npy", raw if key == "threshold" else buf.getvalue())
+    with pytest.raises(SAEFormatError, match="threshold is shorter than its shape") as err:
+        load_sae(folder)
+    assert str(npz) in str(err.value)
+
+
+# ---- torch zip files (OpenAI, Goodfire) ----------------------------------------------------------
+@pytest.mark.parametrize(
+    ("field", "value"), [(10, 8), (8, 1)], ids=["marked-compressed", "marked-encrypted"]
+)
+@pytest.mark.parametrize("writer", ["write_goodfire", "write_openai"])
+def test_torch_zip_damaged_directory_entry(tmp_path: Path, writer: str, field: int, value: int):
+    """A torch zip whose data.pkl entry claims deflate (zlib.error) or encryption (RuntimeError)
+    raises SAEFormatError naming the file, detected or named (both escaped detection before)."""
+    written = getattr(sae_format_fixtures, writer)(tmp_path)
+    data = bytearray(written.path.read_bytes())
+    entries = [m.start() for m in re.finditer(b"PK\x01\x02", data)]  # central directory
+    names = {at: data[at + 46 : at + 46 + int.from_bytes(data[at + 28 : at + 30], "little")]
+             for at in entries}  # fmt: skip
+    (pos,) = [at for at, name in names.items() if name.endswith(b"/data.pkl")]
+    data[pos + field : pos + field + 2] = value.to_bytes(2, "little")
+    written.path.write_bytes(bytes(data))
+    for format in (None, writer.removeprefix("write_")):
+        with pytest.raises(SAEFormatError) as err:
+            load_sae(written.path, allow_pickle=True, format=format)
+        assert str(written.path) in str(err.value)
+
+
+# ---- Llama Scope hyperparams.json ----------------------------------------------------------------
+@pytest.mark.parametrize(
+    "config",
+    [{"jump_relu_threshold": 1e300},
+     {"dataset_average_activation_norm": {"in": 1e-300, "out": 8.0}}],
+    ids=["huge-threshold", "tiny-norm"],
+)  # fmt: skip
+def test_llama_scope_threshold_beyond_the_dtype(tmp_path: Path, config: dict) -> None:
+    """A scaled JumpReLU threshold too large for float32 raises SAEFormatError naming
+    hyperparams.json (was torch's RuntimeError from full_like)."""
+    written = sae_format_fixtures.write_llama_scope(tmp_path, config=config)
+    with pytest.raises(SAEFormatError, match="jump_relu_threshold times") as err:
+        load_sae(written.path)
+    assert str(written.path / "hyperparams.json") in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("config", "match"),
+    [({"jump_relu_threshold": 10**400}, "jump_relu_threshold must be a number"),
+     ({"dataset_average_activation_norm": {"in": 10**400, "out": 8}}, "norm.in must be a posit"),
+     ({"d_model": 10**400}, "d_model must be a positive integer")],
+    ids=["threshold", "norm", "d_model"],
+)  # fmt: skip
+def test_llama_scope_integer_too_large_for_a_float(tmp_path: Path, config: dict, match: str):
+    """A 400-digit integer where a float is computed raises SAEFormatError naming
+    hyperparams.json and the key (was OverflowError from math)."""
+    written = sae_format_fixtures.write_llama_scope(tmp_path, config=config)
+    with pytest.raises(SAEFormatError, match=match) as err:
+        load_sae(written.path)
+    assert str(written.path / "hyperparams.json") in str(err.value)

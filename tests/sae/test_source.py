@@ -15,7 +15,7 @@ import torch
 
 from featureguard.errors import SAELoadError
 from featureguard.sae import load_sae
-from featureguard.sae.source import is_hub_ref, parse_hub_ref
+from featureguard.sae.source import fetch, is_hub_ref, parse_hub_ref
 
 REPO, SUB, COMMIT = "some-org/some-saes", "blocks.8.hook_resid_pre/width_40", "c0ffee" * 6 + "c0fe"
 
@@ -130,3 +130,23 @@ def test_invalid_repo_id(offline_hub: Path) -> None:
     """A repo id the Hub cannot hold raises SAELoadError."""
     with pytest.raises(SAELoadError, match="bad repo!"):
         load_sae("hf://org/bad repo!/sub")
+
+
+@pytest.mark.parametrize("revision", [None, COMMIT, "v1.2"])
+def test_fetch_asks_only_for_the_named_folder_at_the_pinned_revision(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, revision: str | None
+) -> None:
+    """The Hub is asked for the policy's sub-folder only (allow_patterns), at its revision."""
+    import huggingface_hub
+
+    calls = []
+
+    def snapshot_download(repo_id: str, **kwargs: object) -> str:
+        calls.append((repo_id, kwargs))
+        (tmp_path / SUB).mkdir(parents=True, exist_ok=True)
+        return str(tmp_path)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    pin = f"@{revision}" if revision else ""
+    assert fetch(f"hf://{REPO}{pin}/{SUB}") == tmp_path / SUB
+    assert calls == [(REPO, {"revision": revision, "allow_patterns": [SUB, f"{SUB}/*"]})]

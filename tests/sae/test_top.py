@@ -11,7 +11,7 @@ from featureguard.sae import top
 from featureguard.sae.model import SAE, SAEConfig
 
 
-def _sae(arch: str, d_in: int, d_sae: int, seed: int) -> SAE:
+def _sae(arch: str, d_in: int, d_sae: int, seed: int, shift: float = 0.0) -> SAE:
     g = torch.Generator().manual_seed(seed)
     tensors = {
         "W_enc": torch.randn(d_in, d_sae, generator=g),
@@ -20,7 +20,7 @@ def _sae(arch: str, d_in: int, d_sae: int, seed: int) -> SAE:
         "b_dec": torch.randn(d_in, generator=g) * 0.1,
     }
     if arch == "jumprelu":
-        tensors["threshold"] = torch.rand(d_sae, generator=g)
+        tensors["threshold"] = torch.rand(d_sae, generator=g) - shift  # shift: some negative
     k = min(4, d_sae) if arch == "topk" else None
     cfg = SAEConfig(format="test", architecture=arch, d_in=d_in, d_sae=d_sae, k=k)
     return SAE(cfg, **tensors)
@@ -32,9 +32,11 @@ def _sae(arch: str, d_in: int, d_sae: int, seed: int) -> SAE:
     d_sae=st.integers(1, 70),
     k=st.integers(1, 80),
     seed=st.integers(0, 1000),
+    shift=st.sampled_from([0.0, 0.5]),
 )
-def test_blocked_top_k_equals_the_whole(arch: str, d_sae: int, k: int, seed: int) -> None:
-    sae = _sae(arch, 6, d_sae, seed)
+def test_blocked_top_k_equals_the_whole(arch: str, d_sae: int, k: int, seed: int, shift: float
+                                        ) -> None:  # fmt: skip
+    sae = _sae(arch, 6, d_sae, seed, shift)
     x = torch.randn(2, 3, 6, generator=torch.Generator().manual_seed(seed + 1))
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(top, "BLOCK", 16)  # several blocks, and a short last one

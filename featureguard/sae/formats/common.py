@@ -54,13 +54,25 @@ def read_features(
 
     `transpose` turns torch.nn.Linear's [out, in] layout into the canonical one.
     """
+    _expect_floating(tf, name)
     t = tf.read(name, opts.features, dim, dtype=opts.dtype)
     return t.T.contiguous() if transpose else t
 
 
 def read_whole(tf: TensorFile, name: str, opts: LoadOptions) -> torch.Tensor:
     """A tensor that does not depend on the features (e.g. b_dec), cast to the asked dtype."""
+    _expect_floating(tf, name)
     return tf.read(name, dtype=opts.dtype)
+
+
+def _expect_floating(tf: TensorFile, name: str) -> None:
+    """SAE weights are floating point: integers, booleans or complex numbers mean a bad file."""
+    dtype = tf.dtype(name)
+    if not dtype.is_floating_point:
+        raise SAEFormatError(
+            f"{tf.path}: {name} has dtype {str(dtype).removeprefix('torch.')}, expected a "
+            "floating-point dtype"
+        )
 
 
 def feature_dim_size(opts: LoadOptions, d_sae: int) -> int:

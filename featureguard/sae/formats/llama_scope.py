@@ -47,7 +47,10 @@ def detect(path: Path) -> bool:
 
 
 def _number(value: object, what: str, where: Path, *, positive: bool = False) -> float:
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    try:
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    except OverflowError:  # an integer too large for a float
+        ok = False
     if not ok or (positive and value <= 0):
         kind = "a positive number" if positive else "a number"
         raise SAEFormatError(f"{where}: {what} must be {kind}, got {value!r}")
@@ -55,8 +58,8 @@ def _number(value: object, what: str, where: Path, *, positive: bool = False) ->
 
 
 def _count(raw: dict, key: str, where: Path) -> int:
-    value = raw.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+    value = raw.get(key)  # below 2**63 like any tensor dimension (and math.sqrt's reach)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2**63:
         raise SAEFormatError(f"{where}: {key} must be a positive integer, got {value!r}")
     return value
 
@@ -131,5 +134,10 @@ def load(path: Path, opts: LoadOptions) -> SAE:
     }
     if raw.get("sparsity_include_decoder_norm", True):
         _fold_decoder_norms(t)
+    if not abs(threshold) <= torch.finfo(t["b_enc"].dtype).max:  # full_like would overflow
+        raise SAEFormatError(
+            f"{path / CONFIG}: jump_relu_threshold times sqrt(d_model) / "
+            f"dataset_average_activation_norm.in is {threshold:g}, beyond {t['b_enc'].dtype}"
+        )
     theta = torch.full_like(t["b_enc"], threshold)
     return SAE(cfg, features=opts.features, threshold=theta, **t)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import pickletools
 import zipfile
+import zlib
 from pathlib import Path
 
 from featureguard.errors import SAEFormatError
@@ -50,7 +51,9 @@ def pickled_strings(path: Path) -> frozenset[str]:
                 return frozenset()
             data = zf.read(pickles[0])
         return frozenset(arg for _, arg, _ in pickletools.genops(data) if isinstance(arg, str))
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError):
+    # zlib.error: a member marked compressed; RuntimeError: one marked encrypted
+    except (zipfile.BadZipFile, zlib.error, OSError, ValueError, EOFError, NotImplementedError,
+            RuntimeError):  # fmt: skip
         return frozenset()
 
 
