@@ -132,8 +132,17 @@ def main() -> int:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--sae-dir", type=Path, default=REPO / "bench" / "out" / "sae-65k")
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        choices=list(MODES),
+        default=list(MODES),
+        help="modes to time (all by default; --write-docs needs all)",
+    )
     parser.add_argument("--write-docs", action="store_true")
     args = parser.parse_args()
+    if args.write_docs and args.modes != list(MODES):
+        parser.error("--write-docs writes the whole table: leave out --modes")
     torch.set_num_threads(args.threads)
     if not cached(args.sae_dir, HIDDEN, D_SAE, seed=0):
         write_saelens(args.sae_dir, HIDDEN, D_SAE, seed=0)
@@ -155,7 +164,7 @@ def main() -> int:
     for b in args.batches:
         ids = torch.randint(3, VOCAB, (b, PROMPT), generator=torch.Generator().manual_seed(b))
         timed(model, ids)  # warm-up: first-use costs of every kernel
-        for mode in MODES:
+        for mode in args.modes:
             pre, dec, bare_pre, bare_dec = [], [], [], []
             for _ in range(args.runs):
                 doc = policy_doc(mode, args.sae_dir, tmp)
