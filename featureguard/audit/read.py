@@ -18,7 +18,7 @@ from types import MappingProxyType
 from typing import Any
 
 from featureguard.audit.chain import GENESIS_HASH, log_files, parse_line
-from featureguard.audit.verify import _lines, _link_problem, iter_records
+from featureguard.audit.verify import _lines, _link_problem, _Where, iter_records
 from featureguard.errors import AuditError, ChainBrokenError
 
 __all__ = ["FeatureActivation", "GuardErrorRecord", "PolicyTriggered", "Record",
@@ -230,21 +230,20 @@ def read(path: str | os.PathLike[str], *, verify: bool = False) -> Iterator[Reco
         files = log_files(path)
     except OSError as exc:
         raise AuditError(f"cannot list audit log {path}: {exc.strerror or exc}") from exc
-    several = len(files) > 1
+    where = _Where(files)
     prev_hash, prev_line, prev_file = GENESIS_HASH, 0, files[0]
     for count, (file, number, raw, _last) in enumerate(_lines(files), 1):
         record = parse_line(raw)
         if record is None:
             cut = "cut off mid-line" if not raw.endswith(b"\n") else "not an audit record"
             raise ChainBrokenError(f"{file}:{number}: {cut}", line=number)
-        where = f"{file.name} line {number}" if several else None
-        after = f"{prev_file.name} line {prev_line}" if several and prev_line else None
-        problem = _link_problem(record, prev_hash, prev_line, number, where=where, after=after,
+        problem = _link_problem(record, prev_hash, prev_line, number, where=where(file, number),
+                                after=where(prev_file, prev_line) if prev_line else None,
                                 new_file=number == 1 and prev_file != file)  # fmt: skip
         if problem is not None:
             raise ChainBrokenError(f"{path}: {problem}", line=number)
         prev_hash, prev_line, prev_file = record["hash"], number, file
-        yield parse(record, count if several else number)
+        yield parse(record, count if where.several else number)
 
 
 def to_records(source: str | os.PathLike[str] | Iterable[Record]) -> list[dict[str, Any]]:
