@@ -3,8 +3,9 @@
     .venv/bin/python bench/demo_quality.py [--n 400] [--write-docs]
 
 1. Detection, sequence level (max over tokens), on the out-of-distribution code twins: the
-   shipped sparse-probe policy, the single best feature (ranked on train twins) and a dense
-   logistic probe on the raw activation at the same hook (fit on train twins' tokens).
+   shipped policy, the three probes of `discover detect` refitted on other train twins (max,
+   tokens, pooled), the single best feature (ranked on train twins) and a dense logistic probe
+   on the raw activation at the same hook (fit on train twins' tokens).
 2. Intervention: `--n` sampled completions (T=0.8) of held-out unsafe-leaning prompts,
    unwrapped vs the shipped suppress policy; steering (the same features clamped to 2×max on
    every reply token) on neutral prompts. Rates with Wilson 95% intervals, checked by the
@@ -33,11 +34,13 @@ from featureguard.demo import assets
 from featureguard.demo.checker import check_code
 from featureguard.demo.corpus import lean_prompts, snippets, twins
 from featureguard.discovery import (
+    detect,
     generate_completions,
     rank_features,
     reply_scores,
     token_activations,
 )
+from featureguard.discovery.detect import PROBES, sequence_scores
 from featureguard.hooks import resolve_hook
 from featureguard.probe import auroc, fit_sparse_probe
 
@@ -81,11 +84,28 @@ def raw_token_acts(model, tok, texts: list[str]) -> list[torch.Tensor]:
 
 def detection(model, tok, n: int) -> list[str]:
     train = twins("train", n, seed=11, domain="code")
+    prose = [x.text for x in snippets("train", n // 2, seed=13, domain="prose")]
     ood = twins("ood", n, seed=12, domain="code")
     ood_texts = [x.text for pair in ood for x in pair]
     labels = [False, True] * n
     policy = fg.load_policies(assets.POLICY_DIR / "unsafe-code.yaml")
     shipped = reply_scores(policy, model, tok, ood_texts)["unsafe-code"]
+    rows = [
+        "| detector (OOD code twins, sequence level) | AUROC |",
+        "| --- | --- |",
+        f"| shipped policy: max probe over {len(policy.policies[0].features)} features "
+        f"| {auroc(shipped, labels):.3f} |",
+    ]
+    # The three probes of `discover detect`, refitted here on other train twins (and prose).
+    pos, neg = [p.text for _, p in train], [x.text for x, _ in train] + prose
+    for probe in PROBES:
+        found = detect(model, tok, assets.SAE_DIR, assets.HOOK, pos, neg, probe=probe, k=20,
+                       pos_spans=[p.spans for _, p in train])  # fmt: skip
+        chosen = [f.index for f in found.features]
+        te = token_activations(model, tok, assets.SAE_DIR, assets.HOOK, ood_texts, features=chosen)
+        scores = sequence_scores(te, chosen, [f.weight for f in found.features])
+        rows.append(f"| `{probe}` probe over {len(chosen)} features (refitted) "
+                    f"| {auroc(scores, labels):.3f} |")  # fmt: skip
     sae = fg.load_sae(assets.SAE_DIR)
     tr = token_activations(model, tok, sae, assets.HOOK, [x.text for pair in train for x in pair])
     ranking = rank_features(tr[1::2], tr[0::2])
@@ -96,13 +116,12 @@ def detection(model, tok, n: int) -> list[str]:
     raw_tr = raw_token_acts(model, tok, [x.text for pair in train for x in pair])
     x = torch.cat(raw_tr).double()
     y = torch.cat([torch.full((len(a),), i % 2 == 1) for i, a in enumerate(raw_tr)])
-    probe = fit_sparse_probe(x, y, k=x.shape[1])
-    dense = [float(probe.decision(a.double()).max()) for a in raw_token_acts(model, tok, ood_texts)]
+    dense_probe = fit_sparse_probe(x, y, k=x.shape[1])
+    dense = [
+        float(dense_probe.decision(a.double()).max()) for a in raw_token_acts(model, tok, ood_texts)
+    ]
     return [
-        "| detector (OOD code twins, sequence level) | AUROC |",
-        "| --- | --- |",
-        f"| shipped policy: sparse probe over {len(policy.policies[0].features)} features "
-        f"| {auroc(shipped, labels):.3f} |",
+        *rows,
         f"| single best feature ({best}, ranked on train twins) | {auroc(single, labels):.3f} |",
         f"| dense logistic probe on the raw activation ({x.shape[1]} dims) "
         f"| {auroc(dense, labels):.3f} |",

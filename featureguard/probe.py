@@ -23,13 +23,14 @@ computed from average ranks: (Σ_{positives} rank − n₁(n₁+1)/2) / (n₁ n�
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from featureguard.errors import FeatureguardError
 
-__all__ = ["SparseProbe", "auroc", "auroc_columns", "fit_sparse_probe"]
+__all__ = ["SparseProbe", "auroc", "auroc_columns", "fit_max_probe", "fit_sparse_probe"]
 
 _CHUNK = 1 << 22  # elements per block of columns in auroc_columns
 _SEPARATED = 1e-2  # the path stops once the loss is below this fraction of the null loss
@@ -243,3 +244,150 @@ def fit_sparse_probe(
         lam=kept_lam,
         path=tuple(path),
     )
+
+
+def fit_max_probe(
+    texts: list[torch.Tensor],
+    y: torch.Tensor | list,
+    *,
+    k: int,
+    temperature: float = 4.0,
+    lambda_ratio: float = 1e-2,
+    ridge: float = 1e-3,
+    max_iter: int = 500,
+    tol: float = 1e-6,
+) -> SparseProbe:
+    """An L1 logistic probe on at most `k` columns whose *text* score is the maximum over the
+    text's rows (tokens): the score a policy computes, max_t x_t·w + b, fitted on text labels.
+
+    `texts` holds one [t_i, p] tensor per text (t_i ≥ 1). Each step replaces the maximum by a
+    smooth one, the log-mean-exp log(mean_t e^{τ s_t})/τ (it is the mean at τ → 0 and the
+    maximum at τ → ∞), so the objective has a gradient everywhere; columns are standardised
+    over all rows and the classes balanced as in `fit_sparse_probe`. The L1 path (proximal
+    gradient with backtracking, warm-started) keeps the support of the smallest λ with at most
+    `k` non-zeros; that support is refitted without L1 (small ridge), and the bias last, for
+    the hard maximum. Only text labels are needed: which tokens carry the concept is learnt.
+    """
+    if k < 1:
+        raise FeatureguardError(f"expected k >= 1, got {k}")
+    if not texts or any(t.ndim != 2 or len(t) == 0 for t in texts):
+        raise FeatureguardError("expected one non-empty [tokens, columns] tensor per text")
+    labels = _labels(y, len(texts))
+    rows = torch.cat([torch.as_tensor(t, dtype=torch.float64) for t in texts])
+    if not torch.isfinite(rows).all():
+        raise FeatureguardError("probe inputs must be finite")
+    mu, sd = rows.mean(dim=0), rows.std(dim=0, unbiased=False)
+    live = sd > 1e-12 * (1 + mu.abs())
+    scale = torch.where(live, sd, 1.0)
+    longest = max(len(t) for t in texts)
+    z = torch.zeros(len(texts), longest, rows.shape[1], dtype=torch.float64)
+    mask = torch.zeros(len(texts), longest, dtype=torch.bool)
+    for i, t in enumerate(texts):
+        z[i, : len(t)] = torch.where(live, (torch.as_tensor(t, dtype=torch.float64) - mu) / scale,
+                                     0.0)  # fmt: skip
+        mask[i, : len(t)] = True
+    yf = labels.to(torch.float64)
+    n1 = float(yf.sum())
+    if n1 in (0.0, float(len(texts))):
+        raise FeatureguardError("the probe needs texts of both classes")
+    s = torch.where(labels, 0.5 / n1, 0.5 / (len(texts) - n1))
+    log_len = mask.sum(dim=1).to(torch.float64).log()
+
+    def smooth(w: torch.Tensor) -> torch.Tensor:  # [n] log-mean-exp over each text's rows
+        return (torch.logsumexp(temperature * (z @ w).masked_fill(~mask, -torch.inf), dim=1)
+                - log_len) / temperature  # fmt: skip
+
+    def loss(w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        m = smooth(w) + b
+        return (s * (torch.nn.functional.softplus(m) - yf * m)).sum()
+
+    b0 = torch.logit((s * yf).sum())
+    w = torch.zeros(z.shape[2], dtype=torch.float64)
+    g0 = _grad(loss, w, b0)[1]
+    lam_max = float(g0.abs().max())
+    if lam_max == 0.0:
+        raise FeatureguardError("no column separates the classes at all; the probe is empty")
+    # One L1 fit at a small λ, then its k largest weights: a λ path jumps past k in large steps
+    # here (many columns enter together), and the joint fit ranks columns better than a path.
+    lam = lam_max * lambda_ratio
+    w, b, _ = _ista(loss, w, b0.clone(), lam, 1.0, max_iter=max_iter, tol=tol)
+    nonzero = int((w != 0).sum())
+    if not nonzero:
+        raise FeatureguardError("no column separates the classes at all; the probe is empty")
+    support = torch.argsort(-w.abs(), stable=True)[: min(k, nonzero)]
+    kept_lam, path = lam, [(lam, nonzero)]
+    support = support[live[support]]
+    w_s = _refit(lambda v, c: loss(torch.zeros_like(w).index_put((support,), v), c),
+                 w[support], b, ridge)  # fmt: skip
+    hard = (z[..., support] @ w_s).masked_fill(~mask, -torch.inf).max(dim=1).values  # [n]
+    b_s = _bias(hard, yf, s)
+    order = torch.argsort(-w_s.abs(), stable=True)
+    cols, w_s = support[order], w_s[order]
+    w_raw = w_s / scale[cols]
+    return SparseProbe(
+        columns=tuple(int(c) for c in cols),
+        weights=tuple(float(v) for v in w_raw),
+        bias=b_s - float((w_s * mu[cols] / scale[cols]).sum()),
+        lam=kept_lam,
+        path=tuple(path),
+    )
+
+
+Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _grad(loss: Loss, w: torch.Tensor, b: torch.Tensor) -> tuple[float, torch.Tensor, torch.Tensor]:
+    w, b = w.detach().requires_grad_(True), b.detach().requires_grad_(True)
+    value = loss(w, b)
+    g_w, g_b = torch.autograd.grad(value, (w, b))
+    return float(value.detach()), g_w, g_b
+
+
+def _ista(
+    loss: Loss, w: torch.Tensor, b: torch.Tensor, lam: float, step: float, *, max_iter: int,
+    tol: float,
+) -> tuple[torch.Tensor, torch.Tensor, float]:  # fmt: skip
+    """L1-penalised minimisation of a smooth `loss` from (w, b) by proximal gradient steps,
+    each step size found by backtracking (and allowed to grow again); returns the step too."""
+    for _ in range(max_iter):
+        value, g_w, g_b = _grad(loss, w, b)
+        while True:
+            new_w, new_b = _soft(w - step * g_w, step * lam), b - step * g_b
+            d_w, d_b = new_w - w, new_b - b
+            bound = value + float(g_w @ d_w + g_b * d_b) + float(d_w @ d_w + d_b * d_b) / (2 * step)
+            with torch.no_grad():
+                if float(loss(new_w, new_b)) <= bound + 1e-12 or step < 1e-12:
+                    break
+            step /= 2
+        change = float(torch.cat([d_w.abs(), d_b.abs().reshape(1)]).max())
+        w, b, step = new_w, new_b, step * 1.5
+        if change < tol:
+            break
+    return w, b, step
+
+
+def _refit(loss: Loss, w: torch.Tensor, b: torch.Tensor, ridge: float) -> torch.Tensor:
+    """The weights minimising `loss` + ridge/2 ‖w‖² from (w, b), by L-BFGS."""
+    w, b = w.clone().requires_grad_(True), b.clone().requires_grad_(True)
+    opt = torch.optim.LBFGS([w, b], max_iter=500, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        value = loss(w, b) + 0.5 * ridge * (w * w).sum()
+        value.backward()
+        return value
+
+    opt.step(closure)
+    return w.detach()
+
+
+def _bias(scores: torch.Tensor, y: torch.Tensor, s: torch.Tensor) -> float:
+    """The intercept b minimising the weighted logistic loss of `scores` + b (Newton in 1-D)."""
+    b = 0.0
+    for _ in range(100):
+        p = torch.sigmoid(scores + b)
+        grad, hess = float((s * (p - y)).sum()), float((s * p * (1 - p)).sum())
+        if hess < 1e-15 or abs(grad) < 1e-12:
+            break
+        b -= max(-5.0, min(5.0, grad / hess))
+    return b

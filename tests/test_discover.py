@@ -150,11 +150,12 @@ def test_rank_features_puts_the_aimed_feature_first(det: Detection) -> None:
     assert len(contexts) == 3 and all("[[z]]" in c for c in contexts)
 
 
-@pytest.mark.parametrize("spans", [True, False], ids=["token-level", "pooled"])
-def test_detect_probe_is_the_aimed_feature(det: Detection, tmp_path: Path, spans: bool) -> None:
-    """The probe picks the "z" feature, separates held-out texts, and its snippet loads."""
+@pytest.mark.parametrize("probe", ["max", "tokens", "pooled"])
+def test_detect_probe_is_the_aimed_feature(det: Detection, tmp_path: Path, probe: str) -> None:
+    """Each probe picks the "z" feature, separates held-out texts, and its snippet loads."""
     result = detect(det.model, det.tok, det.sae, EMBED_HOOK, det.positives, det.negatives,
-                    pos_spans=det.spans if spans else None, k=3)  # fmt: skip
+                    pos_spans=det.spans if probe == "tokens" else None, probe=probe,
+                    k=3)  # fmt: skip
     assert result.features[0].index == tw.TARGET and result.features[0].weight > 0
     assert result.auroc_train == 1.0 and result.auroc_validation == 1.0
     assert result.n_train == (18, 18) and result.n_validation == (6, 6)
@@ -165,6 +166,15 @@ def test_detect_probe_is_the_aimed_feature(det: Detection, tmp_path: Path, spans
     [policy] = loaded.policies
     assert (policy.name, policy.action, policy.features[0].index) == ("z-detector", "log", 3)
     assert policy.features[0].max == pytest.approx(top, rel=1e-5)
+
+
+def test_detect_rejects_an_unknown_probe_or_tokens_without_spans(det: Detection) -> None:
+    """A probe name that does not exist, or a token probe with no spans, is a clear error."""
+    args = (det.model, det.tok, det.sae, EMBED_HOOK, det.positives, det.negatives)
+    with pytest.raises(FeatureguardError, match="probe must be one of max, tokens, pooled"):
+        detect(*args, probe="dense")
+    with pytest.raises(FeatureguardError, match="needs the spans"):
+        detect(*args, probe="tokens")
 
 
 def test_detected_policy_triggers_in_the_guard_on_z_only(det: Detection, tmp_path: Path) -> None:

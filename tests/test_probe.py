@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from featureguard.errors import FeatureguardError
-from featureguard.probe import auroc, auroc_columns, fit_sparse_probe
+from featureguard.probe import auroc, auroc_columns, fit_max_probe, fit_sparse_probe
 
 PLANTED = {3: 2.0, 17: -1.5, 40: 1.0}
 
@@ -112,3 +112,72 @@ def test_probe_without_signal_is_an_error() -> None:
     """Constant columns cannot make a probe."""
     with pytest.raises(FeatureguardError, match="no column"):
         fit_sparse_probe(torch.ones(10, 3), torch.arange(10) < 5, k=2)
+
+
+# ---- fit_max_probe: the text score is the maximum over its tokens --------------------------------
+def _bags(n: int = 120, p: int = 12, seed: int = 0) -> tuple[list[torch.Tensor], list[bool]]:
+    """Texts of 5-30 tokens with sparse non-negative columns; in a positive text one token
+    (anywhere) has column 4 and column 9 raised together; column 2 is raised on random tokens
+    of every text, positive or not (a distractor the maximum must ignore)."""
+    g = torch.Generator().manual_seed(seed)
+    texts, labels = [], []
+    for i in range(n):
+        t = int(torch.randint(5, 31, (1,), generator=g))
+        x = torch.relu(torch.randn(t, p, generator=g, dtype=torch.float64) - 1.0)
+        x[torch.randint(0, t, (1,), generator=g), 2] += 3.0
+        if i % 2:
+            row = int(torch.randint(0, t, (1,), generator=g))
+            x[row, 4] += 2.5
+            x[row, 9] += 2.5
+        texts.append(x)
+        labels.append(bool(i % 2))
+    return texts, labels
+
+
+def _text_scores(probe, texts: list[torch.Tensor]) -> list[float]:
+    return [float(probe.decision(t).max()) for t in texts]
+
+
+def test_max_probe_finds_the_planted_token_and_separates_texts() -> None:
+    """The planted columns enter with positive weights, the distractor does not matter, and the
+    probe's max-over-tokens score separates held-out texts."""
+    texts, labels = _bags()
+    probe = fit_max_probe(texts, labels, k=2)
+    assert sorted(probe.columns) == [4, 9] and all(w > 0 for w in probe.weights)
+    held, held_labels = _bags(seed=1)
+    assert auroc(_text_scores(probe, held), held_labels) > 0.99
+
+
+def test_max_probe_bias_is_the_boundary_of_the_hard_maximum() -> None:
+    """The bias is refitted for the hard maximum: most positive texts score above −bias and
+    most negative ones below it."""
+    texts, labels = _bags(n=200)
+    probe = fit_max_probe(texts, labels, k=2)
+    said = [s > 0 for s in _text_scores(probe, texts)]
+    accuracy = sum(a == b for a, b in zip(said, labels, strict=True)) / len(labels)
+    assert accuracy > 0.95
+
+
+def test_max_probe_keeps_at_most_k_columns_and_is_deterministic() -> None:
+    """At most k columns, and the same data gives the same probe, bit for bit."""
+    texts, labels = _bags()
+    probe = fit_max_probe(texts, labels, k=1)
+    assert len(probe.columns) == 1 and probe.columns[0] in (4, 9)
+    assert fit_max_probe(texts, labels, k=3) == fit_max_probe(texts, labels, k=3)
+
+
+@pytest.mark.parametrize(
+    ("texts", "labels", "message"),
+    [
+        ([], [], "non-empty"),
+        ([torch.zeros(0, 3), torch.ones(2, 3)], [True, False], "non-empty"),
+        ([torch.ones(2, 3), torch.ones(2, 3)], [True, True], "both classes"),
+        ([torch.ones(2, 3), torch.ones(3, 3)], [True, False], "no column"),
+        ([torch.full((2, 3), float("nan")), torch.ones(2, 3)], [True, False], "finite"),
+    ],
+    ids=["no texts", "empty text", "one class", "no signal", "nan"],
+)
+def test_max_probe_bad_input_is_a_clear_error(texts, labels, message: str) -> None:
+    """Bad input is a FeatureguardError naming what was expected."""
+    with pytest.raises(FeatureguardError, match=message):
+        fit_max_probe(texts, labels, k=2)

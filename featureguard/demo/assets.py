@@ -16,6 +16,10 @@ POLICY_DIR = REPO / "policies" / "demo"
 """The demo policies: unsafe code (detect and suppress), PII, manipulation."""
 HOOK = "blocks.1.hook_resid_post"
 """Where the demo SAE reads: the residual stream after layer 1 of 4."""
+SUPPRESS_SAE_DIR = REPO / "saes" / "demo-coder-res2"
+"""The SAE of the suppress policy, in SAELens format: edits one layer deeper steer better."""
+SUPPRESS_HOOK = "blocks.2.hook_resid_post"
+"""Where the suppress policy's SAE reads and edits: the residual stream after layer 2 of 4."""
 
 
 def load_model(folder: str | Path = MODEL_DIR) -> tuple[Any, Any]:

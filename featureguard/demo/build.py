@@ -1,4 +1,4 @@
-"""Rebuild the demo from scratch, seeded: corpus → tokenizer and model → SAE → policies.
+"""Rebuild the demo from scratch, seeded: corpus → tokenizer and model → SAEs → policies.
 
     python -m featureguard.demo.build [--scale full|toy] [--out DIR]
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,14 +49,23 @@ class BuildConfig:
     """Activation tokens for the SAE."""
     sae: SAETrainConfig = field(default_factory=lambda: SAETrainConfig(width=2048, k=16))
     """The SAE's width, sparsity and schedule."""
+    suppress_sae: SAETrainConfig = field(default_factory=lambda: SAETrainConfig(width=512, k=16))
+    """The suppress policy's SAE, one layer deeper (`suppress_hook`): there a few features
+    carry the unsafe style (one 512-wide SAE at layer 2 cut unsafe completions by 70-80%,
+    the detection SAE at layer 1 by 24%)."""
+    suppress_hook: str = assets.SUPPRESS_HOOK
+    """Where the suppress policy reads and edits."""
     detect_pairs: int = 400
     """Twin pairs per detection policy (train split)."""
     intervene_prompts: int = 96
-    """Unsafe-leaning prompts for greedy feature selection, and as many held out."""
-    candidates: int = 12
+    """Unsafe-leaning prompts for greedy feature selection, and as many held out; as many
+    safe-leaning ones join the ranking of candidates, so that both classes are present."""
+    candidates: int = 24
     """Features tried by the greedy selection (those that best split unsafe from safe)."""
-    max_features: int = 3
+    max_features: int = 8
     """Most features the suppress policy may name."""
+    invalid_weight: float = 1.5
+    """How much a broken completion counts against a feature set, next to an unsafe one."""
     benign: int = 1000
     """Benign replies for calibration (validation split)."""
     target_rate: float = 0.02
@@ -64,6 +73,9 @@ class BuildConfig:
     seed: int = 0
 
 
+_TOY_SAE = SAETrainConfig(
+    width=128, k=8, epochs=2, batch_size=1024, eval_tokens=2048, dead_after_tokens=8192, aux_k=32
+)
 SCALES = {
     "full": BuildConfig(),
     "toy": BuildConfig(
@@ -81,15 +93,9 @@ SCALES = {
         ),
         sae_documents=400,
         sae_tokens=20_000,
-        sae=SAETrainConfig(
-            width=128,
-            k=8,
-            epochs=2,
-            batch_size=1024,
-            eval_tokens=2048,
-            dead_after_tokens=8192,
-            aux_k=32,
-        ),
+        sae=_TOY_SAE,
+        suppress_sae=replace(_TOY_SAE, width=64, aux_k=16),
+        suppress_hook="blocks.1.hook_resid_post",
         detect_pairs=40,
         intervene_prompts=6,
         candidates=3,
@@ -113,6 +119,9 @@ def build(
     if reuse_model and (model_dir / "config.json").is_file():
         say(f"1-2/5 reusing the language model in {model_dir}")
         model, tok = assets.load_model(model_dir)
+        previous = out / "build-report.json"  # keep what the model's own build measured
+        if previous.is_file() and "lm" in (old := json.loads(previous.read_text())):
+            report["lm"] = old["lm"]
     else:
         say("1/5 corpus and tokenizer")
         docs = training_documents(cfg.documents, seed=cfg.seed)
@@ -125,13 +134,13 @@ def build(
         report["lm"] = {"tokens": int(windows.numel()), "final_loss": losses[-1],
                         "seconds": round(time.perf_counter() - started, 1)}  # fmt: skip
 
-    say("3/5 sparse autoencoder")
+    say("3/5 sparse autoencoders")
     sae_texts = training_documents(cfg.sae_documents, seed=cfg.seed + 1)
-    acts = collect_activations(model, tok, sae_texts, assets.HOOK, max_tokens=cfg.sae_tokens)
-    sae, sae_report = train_sae(acts, cfg.sae)
-    sae_dir = out / "saes" / "demo-coder-res1"
-    save_saelens(sae, sae_dir, hook=assets.HOOK, model_name=MODEL_NAME)
-    report["sae"] = _plain(asdict(sae_report))
+    sae_dir = out / "saes" / assets.SAE_DIR.name
+    report["sae"] = _sae(cfg, model, tok, sae_texts, assets.HOOK, cfg.sae, sae_dir)
+    suppress_dir = out / "saes" / assets.SUPPRESS_SAE_DIR.name
+    report["suppress_sae"] = _sae(cfg, model, tok, sae_texts, cfg.suppress_hook,
+                                  cfg.suppress_sae, suppress_dir)  # fmt: skip
 
     say("4/5 detection policies: discover, then calibrate")
     policy_dir = out / "policies" / "demo"
@@ -142,20 +151,31 @@ def build(
         say(f"  {name}: {report[name]}")
 
     say("5/5 suppress policy: features chosen by measured effect")
-    report["unsafe-code-suppress"] = _suppressor(cfg, model, tok, sae_dir, policy_dir)
+    report["unsafe-code-suppress"] = _suppressor(cfg, model, tok, suppress_dir, policy_dir)
     report["seconds"] = round(time.perf_counter() - started, 1)
     (out / "build-report.json").write_text(json.dumps(report, indent=2) + "\n")
     say(f"done in {report['seconds']:.0f} s; report in {out / 'build-report.json'}")
     return report
 
 
+def _sae(cfg: BuildConfig, model: Any, tok: Any, texts: list[str], hook: str,
+         sae_cfg: SAETrainConfig, folder: Path) -> dict[str, Any]:  # fmt: skip
+    acts = collect_activations(model, tok, texts, hook, max_tokens=cfg.sae_tokens)
+    sae, sae_report = train_sae(acts, sae_cfg)
+    save_saelens(sae, folder, hook=hook, model_name=MODEL_NAME)
+    return {"hook": hook, **_plain(asdict(sae_report))}
+
+
 def _detector(cfg: BuildConfig, model: Any, tok: Any, sae_dir: Path, policy_dir: Path,
               name: str, domain: str, action: str, severity: str,
               message: str | None) -> dict[str, Any]:  # fmt: skip
     pairs = twins("train", cfg.detect_pairs, seed=cfg.seed, domain=domain)
+    # Prose joins the negatives: calibration's benign set has it, and a probe fitted on its
+    # maximum over tokens learns nothing about text it never saw.
+    prose = snippets("train", cfg.detect_pairs // 2, seed=cfg.seed, domain="prose")
     found = detect(model, tok, sae_dir, assets.HOOK, [p.text for _, p in pairs],
-                   [n.text for n, _ in pairs], pos_spans=[p.spans for _, p in pairs],
-                   k=20, seed=cfg.seed)  # fmt: skip
+                   [n.text for n, _ in pairs] + [s.text for s in prose],
+                   pos_spans=[p.spans for _, p in pairs], k=20, seed=cfg.seed)  # fmt: skip
     policy = {
         "name": name,
         "description": f"{domain} detector: sparse probe over SAE features (featureguard discover)",
@@ -168,7 +188,7 @@ def _detector(cfg: BuildConfig, model: Any, tok: Any, sae_dir: Path, policy_dir:
     }
     if message:
         policy["message"] = message
-    path = _write_policy(policy_dir / f"{name}.yaml", sae_dir, [policy])
+    path = _write_policy(policy_dir / f"{name}.yaml", sae_dir, assets.HOOK, [policy])
     benign = [s.text for s in _benign(cfg, domain)]
     positives = [p.text for _, p in twins("validation", 200, seed=cfg.seed + 3, domain=domain)]
     [result] = calibrate(path, model, tok, benign, positives, target_rate=cfg.target_rate)
@@ -194,18 +214,19 @@ def _benign(cfg: BuildConfig, domain: str) -> list:
 
 def _suppressor(cfg: BuildConfig, model: Any, tok: Any, sae_dir: Path,
                 policy_dir: Path) -> dict[str, Any]:  # fmt: skip
-    n = cfg.intervene_prompts
+    n, hook = cfg.intervene_prompts, cfg.suppress_hook
     select = [p.text for p in lean_prompts("train", "unsafe", n, seed=cfg.seed)]
     held_out = [p.text for p in lean_prompts("validation", "unsafe", n, seed=cfg.seed)]
-    completions = generate_completions(model, tok, select, seed=cfg.seed)
-    unsafe = [check_code(p, c) == "unsafe" for p, c in zip(select, completions, strict=True)]
-    texts = [p + c for p, c in zip(select, completions, strict=True)]
-    candidates = candidate_features(
-        model, tok, sae_dir, assets.HOOK, texts, unsafe, n=cfg.candidates
-    )
-    result = intervene(model, tok, sae_dir, assets.HOOK, select, check_code, candidates,
+    # Rank candidates on both leanings: the unwrapped model's completions of unsafe-leaning
+    # prompts alone are almost all unsafe, which leaves nothing to tell apart.
+    ranked = select + [p.text for p in lean_prompts("train", "safe", n, seed=cfg.seed)]
+    completions = generate_completions(model, tok, ranked, seed=cfg.seed)
+    unsafe = [check_code(p, c) == "unsafe" for p, c in zip(ranked, completions, strict=True)]
+    texts = [p + c for p, c in zip(ranked, completions, strict=True)]
+    candidates = candidate_features(model, tok, sae_dir, hook, texts, unsafe, n=cfg.candidates)
+    result = intervene(model, tok, sae_dir, hook, select, check_code, candidates,
                        held_out=held_out, max_features=cfg.max_features,
-                       seed=cfg.seed)  # fmt: skip
+                       invalid_weight=cfg.invalid_weight, seed=cfg.seed)  # fmt: skip
     policy = result.policy("unsafe-code-suppress", "demo")
     policy["description"] = "suppress the features whose suppression measurably cut unsafe code"
     if not result.features:  # nothing lowered the rate: ablate the best-separating candidate
@@ -213,17 +234,17 @@ def _suppressor(cfg: BuildConfig, model: Any, tok: Any, sae_dir: Path,
         policy["features"] = [{"index": top, "max": result.maxes.get(top, 1.0) or 1.0}]
         policy["suppress"] = {"method": "ablate", "mode": "conditional"}
         policy["description"] = "no feature measurably cut unsafe code; best separating one"
-    _write_policy(policy_dir / "unsafe-code-suppress.yaml", sae_dir, [policy])
+    _write_policy(policy_dir / "unsafe-code-suppress.yaml", sae_dir, hook, [policy])
     return {"features": list(result.features), "method": result.method,
             "strength": result.strength, "held_out_baseline": result.held_out_baseline.positive,
             "held_out": result.held_out.positive}  # fmt: skip
 
 
-def _write_policy(path: Path, sae_dir: Path, policies: list[dict[str, Any]]) -> Path:
+def _write_policy(path: Path, sae_dir: Path, hook: str, policies: list[dict[str, Any]]) -> Path:
     rel = Path("..", "..", sae_dir.relative_to(path.parents[2]))
     doc = {
         "version": 1,
-        "saes": {"demo": {"path": rel.as_posix(), "hook": assets.HOOK}},
+        "saes": {"demo": {"path": rel.as_posix(), "hook": hook}},
         "policies": policies,
         "audit": {"path": "featureguard-demo-audit.jsonl", "include_text": True},
     }

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from featureguard.discovery.activations import read_examples
-from featureguard.discovery.detect import detect
+from featureguard.discovery.detect import PROBES, detect
 from featureguard.discovery.intervene import candidate_features, generate_completions, intervene
 from featureguard.errors import FeatureguardError
 
@@ -34,6 +34,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     d.add_argument("--positive", required=True, help="examples of the concept (text or JSONL)")
     d.add_argument("--negative", required=True, help="examples without it (text or JSONL)")
     d.add_argument("--k", type=int, default=20, help="most features in the probe (default 20)")
+    d.add_argument(
+        "--probe",
+        default="max",
+        choices=PROBES,
+        help="fit on the policy's max-over-tokens score (max, default), on span tokens "
+        "(tokens: needs spans) or on per-feature maxima (pooled)",
+    )
     d.add_argument("--top", type=int, default=10, help="ranked features to show (default 10)")
     d.add_argument("--validation", type=float, default=0.25, help="fraction held out (0.25)")
     d.add_argument("--action", default="log", choices=("log", "block"), help="snippet action")
@@ -104,6 +111,7 @@ def _detect(args: argparse.Namespace, model: Any, tokenizer: Any) -> int:
         [e.text for e in pos],
         [e.text for e in neg],
         pos_spans=spans,
+        probe=args.probe,
         k=args.k,
         top=args.top,
         validation=args.validation,

@@ -5,9 +5,16 @@ A policy scores a token as Σᵢ wᵢ fᵢ and a text as the maximum over its to
 - `rank_features` pools each feature by its maximum over a text (sequence level) and also
   compares tokens (token level, against character spans of the positive content);
 - `detect` screens the features by sequence AUROC on a training split, fits an L1 logistic
-  probe over at most `k` of them (`featureguard.probe`) on max-pooled features, or on tokens
-  when spans are given, and reports the policy's own score (max over tokens of Σ w f) on the
-  training and validation splits. The threshold is the probe's decision boundary, −bias.
+  probe over at most `k` of them (`featureguard.probe`) and reports the policy's own score
+  (max over tokens of Σ w f) on the training and validation splits. The threshold is the
+  probe's decision boundary, −bias. Three probes (`probe=`):
+  - "max" (default): fitted on the policy's own text score, max over tokens of Σ w f, from
+    text labels alone (`fit_max_probe`): which tokens carry the concept is learnt;
+  - "tokens": one row per token, span tokens positive, every other token negative (needs
+    spans): a token classifier, whose maximum over a text is not what it was fitted for;
+  - "pooled": one row per text, each feature's maximum over it: a sequence classifier over
+    per-feature maxima, which the policy's max of a weighted sum only approximates.
+  On the demo's out-of-distribution code twins (docs/demo.md) "max" separated best.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from featureguard.discovery.activations import Span, TokenActs, resolve_sae, tok
 from featureguard.discovery.activations import token_labels as _token_labels
 from featureguard.discovery.snippet import policy_snippet
 from featureguard.errors import FeatureguardError
-from featureguard.probe import auroc, auroc_columns, fit_sparse_probe
+from featureguard.probe import SparseProbe, auroc, auroc_columns, fit_max_probe, fit_sparse_probe
 from featureguard.sae import SAE
 
 __all__ = [
@@ -38,6 +45,10 @@ __all__ = [
 ]
 
 _BLOCK = 256  # feature columns per pass in rank_features
+PROBES = ("max", "tokens", "pooled")
+MAX_PROBE_RIDGE = 0.3
+"""Ridge on the standardised weights of the "max" probe's refit: with little of it the probe
+fits the training surface forms (validation AUROC up, out-of-distribution down)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,6 +249,7 @@ def detect(
     negatives: Sequence[str],
     *,
     pos_spans: Sequence[Sequence[Span]] | None = None,
+    probe: str = "max",
     k: int = 20,
     top: int = 10,
     validation: float = 0.25,
@@ -245,8 +257,12 @@ def detect(
     seed: int = 0,
     batch_size: int = 32,
 ) -> DetectResult:
-    """Rank features on a training split, fit a ≤ k-feature probe on the `screen` best (by
+    """Rank features on a training split, fit a ≤ k-feature `probe` on the `screen` best (by
     |AUROC − ½|), and measure the policy score on both splits (module docstring)."""
+    if probe not in PROBES:
+        raise FeatureguardError(f"probe must be one of {', '.join(PROBES)}, got {probe!r}")
+    if probe == "tokens" and pos_spans is None:
+        raise FeatureguardError('probe "tokens" needs the spans of the positive content')
     sae = resolve_sae(sae)
     gen = torch.Generator().manual_seed(seed)
     p_tr, p_va = _split(len(positives), validation, gen)
@@ -264,16 +280,15 @@ def detect(
     else:
         sub = [TokenActs(a.ids, a.offsets, a.acts[:, screened], tuple(screened)) for a in full]
     s_pos, s_neg = sub[: len(positives)], sub[len(positives) :]
-    x, y = _design([s_pos[i] for i in p_tr], [s_neg[i] for i in n_tr], spans_tr)
-    probe = fit_sparse_probe(x, y, k=k)
-    chosen = [screened[c] for c in probe.columns]
+    fitted = _fit(probe, [s_pos[i] for i in p_tr], [s_neg[i] for i in n_tr], spans_tr, k)
+    chosen = [screened[c] for c in fitted.columns]
 
     def score(p: list[int], n: list[int]) -> float | None:
         if not p or not n:
             return None
         texts_ = [s_pos[i] for i in p] + [s_neg[i] for i in n]
         return auroc(
-            sequence_scores(texts_, chosen, probe.weights), torch.arange(len(texts_)) < len(p)
+            sequence_scores(texts_, chosen, fitted.weights), torch.arange(len(texts_)) < len(p)
         )
 
     ranked = {s.index: s for s in stats}
@@ -286,12 +301,12 @@ def detect(
             max=_max(sub, f),
             label=_label(ranked[f], train_full, tokenizer, train_texts),
         )
-        for f, w in zip(chosen, probe.weights, strict=True)
+        for f, w in zip(chosen, fitted.weights, strict=True)
     )
     shown = stats[:top]
     return DetectResult(
         features=features,
-        threshold=-probe.bias,
+        threshold=-fitted.bias,
         auroc_train=score(p_tr, n_tr),
         auroc_validation=score(p_va, n_va),
         ranking=tuple(shown),
@@ -303,17 +318,25 @@ def detect(
     )
 
 
-def _design(
-    pos: list[TokenActs], neg: list[TokenActs], spans: list[Sequence[Span]] | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The probe's rows and labels: one max-pooled row per text, or one row per token when the
-    positive spans are known (span tokens positive, every other token negative)."""
-    if spans is None:
-        return pooled(pos + neg), torch.arange(len(pos) + len(neg)) < len(pos)
-    labels = [
+def _fit(
+    probe: str,
+    pos: list[TokenActs],
+    neg: list[TokenActs],
+    spans: list[Sequence[Span]] | None,
+    k: int,
+) -> SparseProbe:
+    """The `probe` (module docstring) on the training texts' screened features."""
+    texts = [a for a in pos + neg if len(a.ids)]
+    labels = [i < len(pos) for i, a in enumerate(pos + neg) if len(a.ids)]
+    if probe == "max":
+        return fit_max_probe([a.acts for a in texts], labels, k=k, ridge=MAX_PROBE_RIDGE)
+    if probe == "pooled":
+        return fit_sparse_probe(pooled(pos + neg), torch.arange(len(pos) + len(neg)) < len(pos),
+                                k=k)  # fmt: skip
+    tokens = [
         _token_labels(a, s) for a, s in zip(pos + neg, [*spans, *[()] * len(neg)], strict=True)
     ]
-    return torch.cat([a.acts for a in pos + neg]), torch.cat(labels)
+    return fit_sparse_probe(torch.cat([a.acts for a in pos + neg]), torch.cat(tokens), k=k)
 
 
 def _max(acts: Sequence[TokenActs], feature: int) -> float | None:

@@ -42,10 +42,17 @@ def test_build_writes_every_artifact(built: Path) -> None:
         assert report[name]["benign_bound"] <= SCALES["toy"].target_rate
 
 
-def test_shipped_sae_loads_through_the_user_loader(built: Path) -> None:
-    """The SAE goes through load_sae like any pretrained one, hook included."""
+def test_shipped_saes_load_through_the_user_loader(built: Path) -> None:
+    """Both SAEs go through load_sae like any pretrained one, hook included; the suppress
+    policy names the second one (its own hook), the detectors the first."""
     sae = fg.load_sae(built / "saes" / "demo-coder-res1")
     assert sae.cfg.format == "saelens" and sae.cfg.architecture == "topk" and sae.cfg.hook == HOOK
+    hook = SCALES["toy"].suppress_hook
+    assert fg.load_sae(built / "saes" / "demo-coder-res2").cfg.hook == hook
+    policy_dir = built / "policies" / "demo"
+    suppress = fg.load_policies(policy_dir / "unsafe-code-suppress.yaml")
+    assert [s.hook for s in suppress.saes.values()] == [hook]
+    assert [s.hook for s in fg.load_policies(policy_dir / "pii.yaml").saes.values()] == [HOOK]
 
 
 def test_policies_validate_and_guard_the_model(built: Path) -> None:
