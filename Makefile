@@ -13,6 +13,8 @@ $(STAMP): pyproject.toml
 	# torch first, pinned: a bare `torch` requirement would pull the newest CUDA build.
 	$(PY) -m pip install --quiet "torch==$(TORCH_VERSION)"
 	$(PY) -m pip install --quiet -e ".[dev]"
+	# The Ray tests (tests/integrations/ray) need the optional `ray` extra (~740 MB).
+	$(PY) -m pip install --quiet -e ".[ray]"
 	touch $(STAMP)
 
 install: $(STAMP)

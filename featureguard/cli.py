@@ -82,9 +82,17 @@ def _run(args: argparse.Namespace) -> int:
 
 def _audit_verify(args: argparse.Namespace) -> int:
     from featureguard.audit import verify
+    from featureguard.audit.shards import sets_at
 
     bad = 0
     for path in args.logs:
+        sets = sets_at(path)
+        if Path(path).is_dir() and not sets:
+            raise FeatureguardError(f"{path}: a folder without an anchor log (*.anchors.jsonl)")
+        for name in sets:
+            bad += _verify_set(name)
+        if (sets and not Path(path).is_file()) or Path(path).name.endswith(".anchors.jsonl"):
+            continue
         report = verify(path)
         if report.ok:
             print(f"{path}: ok, {report.records} records, chain head {report.last_hash[:16]}")
@@ -93,6 +101,25 @@ def _audit_verify(args: argparse.Namespace) -> int:
             print(f"{path}: {kind} at line {report.first_bad_line}: {report.reason}")
             bad += 1
     return 1 if bad else 0
+
+
+def _verify_set(name: Path) -> int:
+    """Print the check of one shard set (featureguard.audit.shards); 1 when it fails."""
+    from featureguard.audit.shards import verify_set
+
+    report = verify_set(name)
+    records = sum(r.records for r in report.shards.values())
+    after = sum(report.unanchored.values())
+    state = "ok" if report.ok else "FAILED"
+    print(f"{name} (shard set): {state}, {len(report.shards)} shard(s), {records} records, "
+          f"{report.anchors.records} anchor(s), {after} record(s) after the last "
+          "anchor")  # fmt: skip
+    for shard, r in report.shards.items():
+        print(f"  {shard}: {'ok' if r.ok else 'FAILED'}, {r.records} records, "
+              f"{report.anchored.get(shard, 0)} anchored")  # fmt: skip
+    for problem in report.problems:
+        print(f"  problem: {problem}")
+    return 0 if report.ok else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -119,17 +146,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     from featureguard import calibrate, discovery
     from featureguard.demo import show
+    from featureguard.integrations.ray.command import add_scan_parser
     from featureguard.integrations.server import command as serve
 
     discovery.add_parser(sub)
     calibrate.add_parser(sub)
     show.add_parser(sub)
     serve.add_parser(sub)
+    add_scan_parser(sub)
 
     p = sub.add_parser("audit", help="read audit logs")
     audit = p.add_subparsers(dest="audit_command", required=True)
     v = audit.add_parser("verify", help="check the hash chain; name the first bad line")
-    v.add_argument("logs", nargs="+")
+    v.add_argument("logs", nargs="+", help="audit logs; a shard set (its name, its anchor log "
+                   "or a folder) checks every shard and the anchors")  # fmt: skip
     v.set_defaults(func=_audit_verify)
     add_audit_commands(audit)
     return parser

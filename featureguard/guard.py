@@ -31,7 +31,7 @@ from featureguard.audit import AuditLog, JsonlSink, MemorySink
 from featureguard.audit.trace import TraceWriter
 from featureguard.engine import GenerationState, LayerEngine, StepContext
 from featureguard.errors import GuardError, HookError, PairingError, PolicyError
-from featureguard.hooks import check_model_name, resolve_hook
+from featureguard.hooks import HookPoint, check_model_name, resolve_hook
 from featureguard.outcomes import SequenceOutcome, TextScore, Trigger, collect, token_scores
 from featureguard.policy import Policy, PolicySet, PolicySource, load_policies
 from featureguard.sae import load_sae
@@ -56,6 +56,7 @@ class Guard:
         self.layers: list[LayerEngine] = []
         self._state: GenerationState | None = None
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._points: list[HookPoint] = []  # where the layers' hooks sit, for `_stop_after_hooks`
         self._lock = threading.Lock()  # one guarded generation at a time per model
         self._special = _special_ids(model, tokenizer)
         self._attached = False
@@ -128,6 +129,7 @@ class Guard:
         )
         self.layers.append(engine)
         self._handles.append(point.attach(lambda x, engine=engine: self._on_layer(engine, x)))
+        self._points.append(point)
 
     def detach(self) -> None:
         """Remove every hook and restore `model.generate`: the model is exactly as before."""
@@ -142,6 +144,7 @@ class Guard:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        self._points.clear()
 
     def __enter__(self) -> Guard:
         return self
@@ -202,6 +205,11 @@ class Guard:
         request_id = kwargs.pop("request_id", None) or uuid.uuid4().hex
         mask = kwargs.get("attention_mask")
         copies = setting("num_return_sequences") or 1
+        if not isinstance(request_id, str):  # one id per prompt row: a batch of requests
+            request_id = list(request_id)
+            if len(request_id) != ids.shape[0]:
+                raise GuardError(f"{ids.shape[0]} prompt rows but {len(request_id)} request ids")
+            request_id = [rid for rid in request_id for _ in range(copies)]
         if copies > 1:  # generate expands each prompt row into `copies` rows, in place
             ids = ids.repeat_interleave(copies, dim=0)
             mask = None if mask is None else mask.repeat_interleave(copies, dim=0)
@@ -224,7 +232,7 @@ class Guard:
             sequences = out if isinstance(out, torch.Tensor) else out.sequences
             self.last = self._collect(state, ids, mask, sequences, request_id, started, eos,
                                       trace=self.trace)  # fmt: skip
-            self.last_request_id = request_id
+            self.last_request_id = request_id if isinstance(request_id, str) else None
             self._this_thread.last = self.last
         return out
 
@@ -234,7 +242,7 @@ class Guard:
         prompt: torch.Tensor,
         mask: torch.Tensor | None,
         sequences: torch.Tensor,
-        request_id: str,
+        request_id: str | list[str],
         started: float,
         eos: int | None,
         trace: TraceWriter | None = None,
@@ -257,9 +265,15 @@ class Guard:
         )
 
     def generate(
-        self, prompts: str | Sequence[str], *, request_id: str | None = None, **kwargs: Any
+        self,
+        prompts: str | Sequence[str],
+        *,
+        request_id: str | Sequence[str] | None = None,
+        **kwargs: Any,
     ) -> list[str]:
-        """Generate replies to `prompts`; a blocked reply is replaced by its policy's message."""
+        """Generate replies to `prompts`; a blocked reply is replaced by its policy's message.
+        A list `request_id` (one id per prompt, a request's prompts next to each other) batches
+        several requests into one call, each audited as a call of its own."""
         self._require_attached()
         enc = self._encode(prompts)
         self.model.generate(**enc, request_id=request_id, **_with_scored_last(kwargs))
@@ -295,48 +309,84 @@ class Guard:
         log-likelihood). Blocks are not enforced and no audit record is written."""
         self._require_attached()
         with self._lock:
-            return self._read_as_reply(input_ids, attention_mask)[0]
+            logits, _ = self._read_as_reply(input_ids, attention_mask)
+            assert logits is not None  # asked for
+            return logits
 
     def _read_as_reply(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, GenerationState]:
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        logits: bool = True,
+    ) -> tuple[torch.Tensor | None, GenerationState]:
         """One forward pass with every token scored as a reply token: logits and the records.
-        The caller holds the lock."""
+        Without `logits` the pass stops once every hooked layer has run, so the layers above the
+        deepest hook cost nothing (and None comes back for the logits). The caller holds the
+        lock."""
         state = GenerationState(batch=input_ids.shape[0], device=input_ids.device)
         state.as_reply = True
+        out = None
+        stops = [] if logits else self._stop_after_hooks()
         self._state = state
         try:
             with torch.no_grad():
-                logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+                out = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+        except _Scored:
+            pass
         finally:
             self._state = None
-        return logits, state
+            for handle in stops:
+                handle.remove()
+        return out, state
+
+    def _stop_after_hooks(self) -> list[torch.utils.hooks.RemovableHandle]:
+        """Hooks after the guard's own that end the pass (`_Scored`) once all have run."""
+        fired: set[int] = set()
+
+        def after(i: int) -> None:
+            fired.add(i)
+            if len(fired) == len(self._points):
+                raise _Scored
+
+        return [p.attach(lambda _x, i=i: after(i)) for i, p in enumerate(self._points)]
 
     def score(
-        self, texts: str | Sequence[str], *, request_id: str | None = None
+        self,
+        texts: str | Sequence[str],
+        *,
+        request_id: str | Sequence[str] | None = None,
+        trace: TraceWriter | None = None,
     ) -> list[TextScore]:
         """Score texts without generating, like a moderation call: every token is read as a
         reply token; each policy's score per token, the triggers, and whether a block policy
         would have stopped the text. Audited like a reply: one request per text, with the id
-        `request_id` for a single text and `request_id-i` for text i of several."""
+        `request_id` for a single text and `request_id-i` for text i of several (or, given a
+        list, one id per text). `trace` also stores each text's activations there. The forward
+        pass stops after the deepest hooked layer: no logits are needed."""
         self._require_attached()
         if self.tokenizer is None:
             raise GuardError("guard.score needs a tokenizer: wrap(model, policies, tokenizer=)")
-        request_id = request_id or uuid.uuid4().hex
         device = next(self.model.parameters()).device
         texts = [texts] if isinstance(texts, str) else list(texts)
-        ids_for = (
-            [request_id] if len(texts) == 1 else [f"{request_id}-{i}" for i in range(len(texts))]
-        )
+        if request_id is not None and not isinstance(request_id, str):
+            ids_for = list(request_id)
+            if len(ids_for) != len(texts):
+                raise GuardError(f"score: {len(texts)} texts but {len(ids_for)} request ids")
+        else:
+            request_id = request_id or uuid.uuid4().hex
+            ids_for = [request_id] if len(texts) == 1 else [f"{request_id}-{i}"
+                                                            for i in range(len(texts))]  # fmt: skip
         results = []
         # One text at a time: without padding, token positions are the same in every record.
         for text, rid in zip(texts, ids_for, strict=True):
             ids = encode_prompts(self.tokenizer, text, device)["input_ids"]
             with self._lock:
                 started = time.perf_counter()
-                _, state = self._read_as_reply(ids)
+                _, state = self._read_as_reply(ids, logits=False)
                 # the whole text is the "reply": an empty prompt
-                [outcome] = self._collect(state, ids[:, :0], None, ids, rid, started, eos=None)
+                [outcome] = self._collect(state, ids[:, :0], None, ids, rid, started, eos=None,
+                                          trace=trace)  # fmt: skip
             tokens = self.tokenizer.batch_decode([[t] for t in ids[0].tolist()])
             results.append(TextScore(tokens, token_scores(state, ids.shape[1]), outcome))
         return results
@@ -356,6 +406,10 @@ class Guard:
         if self.tokenizer is None:
             raise GuardError("guard.generate needs a tokenizer: wrap(model, policies, tokenizer=)")
         return encode_prompts(self.tokenizer, prompts, next(self.model.parameters()).device)
+
+
+class _Scored(Exception):
+    """Raised from a hook to end a scoring pass once every hooked layer has run."""
 
 
 class _StopBlocked(StoppingCriteria):

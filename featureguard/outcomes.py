@@ -7,6 +7,7 @@ This is the only place decisions leave the device: once per call, a few small tr
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +16,7 @@ import torch
 from featureguard.audit import AuditLog
 from featureguard.audit.trace import TraceWriter
 from featureguard.engine import GenerationState, LayerEngine, StepRecord
+from featureguard.errors import GuardError
 
 GUARD_ERROR = "guard_error"
 
@@ -135,7 +137,7 @@ def collect(
     prompt: torch.Tensor,
     mask: torch.Tensor | None,
     sequences: torch.Tensor,
-    request_id: str,
+    request_id: str | Sequence[str],
     started: float,
     tokenizer: Any,
     audit: AuditLog,
@@ -150,9 +152,13 @@ def collect(
     `fail_closed` is the policy set's fail mode: whether a guard error withholds every reply.
     `eos` ends a row: its completion tokens are counted up to it, not through the padding after.
     `include_text` False keeps token texts out of `request_completed.rows` (ids stay); `trace`
-    receives the call's per-token activations.
+    receives the call's per-token activations. A list `request_id` names each row's request
+    (rows of one request next to each other): each request gets its own records, its rows
+    numbered from 0, as if it had been a call of its own (batched serving).
     """
     b, prompt_len = prompt.shape
+    rids = [request_id] * b if isinstance(request_id, str) else list(request_id)
+    groups = _groups(rids)  # request id -> its rows (a range)
     pads = (prompt_len - mask.sum(dim=1)).tolist() if mask is not None else [0] * b
     seqs = sequences.tolist()
     outcomes = [SequenceOutcome() for _ in range(b)]
@@ -185,8 +191,8 @@ def collect(
             if policy.action == "block" and not outcomes[r].blocked:
                 outcomes[r].blocked, outcomes[r].blocked_by = True, policy.name
             audit.policy_triggered(
-                request_id=request_id,
-                sequence=r,
+                request_id=rids[r],
+                sequence=r - groups[rids[r]].start,
                 policy=policy.name,
                 action=policy.action,
                 severity=policy.severity,
@@ -205,7 +211,8 @@ def collect(
             )
     failed_closed = bool(state.errors) and fail_closed
     for error in state.errors:
-        audit.emit(GUARD_ERROR, request_id=request_id, error=error, fail_closed=failed_closed)
+        for rid in groups:
+            audit.emit(GUARD_ERROR, request_id=rid, error=error, fail_closed=failed_closed)
     layers = {r.layer for r in state.records}
     messages = {p.name: p.message for layer in layers for p in layer.policies}
     for r, out in enumerate(outcomes):
@@ -222,19 +229,36 @@ def collect(
     completion = [n for n, _ in ends]
     for out, (n, ended) in zip(outcomes, ends, strict=True):
         out.completion_tokens, out.ended = n, ended
-    audit.request_completed(
-        request_id=request_id,
-        sequences=b,
-        policies_triggered=sorted({t.policy for o in outcomes for t in o.triggers}),
-        blocked=[r for r, o in enumerate(outcomes) if o.blocked],
-        prompt_tokens=int(prompt_len * b - sum(pads)),
-        completion_tokens=int(sum(completion)),
-        duration_ms=round((time.perf_counter() - started) * 1000, 3),
-        rows=_rows(seqs, pads, prompt_len, scored_len, eos, outcomes, tokenizer, include_text),
-    )
-    if trace is not None:
-        _write_trace(trace, request_id, state, sequences, prompt_len, pads, scored_len)
+    rows = _rows(seqs, pads, prompt_len, scored_len, eos, outcomes, tokenizer, include_text)
+    duration_ms = round((time.perf_counter() - started) * 1000, 3)
+    for rid, span in groups.items():
+        mine, cut = outcomes[span.start : span.stop], slice(span.start, span.stop)
+        audit.request_completed(
+            request_id=rid,
+            sequences=len(span),
+            policies_triggered=sorted({t.policy for o in mine for t in o.triggers}),
+            blocked=[r for r, o in enumerate(mine) if o.blocked],
+            prompt_tokens=int(prompt_len * len(span) - sum(pads[cut])),
+            completion_tokens=int(sum(completion[cut])),
+            duration_ms=duration_ms,
+            rows=rows[cut],
+        )
+        if trace is not None:
+            _write_trace(trace, rid, state, sequences, prompt_len, pads, scored_len, cut)
     return outcomes
+
+
+def _groups(rids: list[str]) -> dict[str, range]:
+    """Each request id's rows; GuardError unless every request's rows are next to each other."""
+    groups: dict[str, range] = {}
+    start = 0
+    for r in range(1, len(rids) + 1):
+        if r == len(rids) or rids[r] != rids[start]:
+            if rids[start] in groups:
+                raise GuardError(f"request id {rids[start]!r}: its rows must be next to each other")
+            groups[rids[start]] = range(start, r)
+            start = r
+    return groups
 
 
 def _rows(
@@ -274,9 +298,11 @@ def _write_trace(
     prompt_len: int,
     pads: list[int],
     scored_len: int,
+    rows: slice = slice(None),
 ) -> None:
     """Gather each layer's step records into [b, S, ...] arrays (S: positions scored) on the
-    device, move them once, and hand them to the trace with the policies as they are."""
+    device, move them once, and hand them to the trace with the policies as they are: the
+    `rows` of one request (all, unless the call batched several)."""
     b, dev = sequences.shape[0], state.device
     layers = list(dict.fromkeys(rec.layer for rec in state.records))
     valid = torch.zeros(b, scored_len, dtype=torch.bool, device=dev)
@@ -286,10 +312,11 @@ def _write_trace(
         recs = [rec for rec in state.records if rec.layer is layer]
         arrays.update(_layer_arrays(f"L{i}.", recs, b, scored_len, dev, valid))
         meta_layers.append(_layer_meta(layer))
+    kept = {key: t if key.endswith(".seen") else t[rows] for key, t in arrays.items()}
     trace.write(
         request_id,
-        {key: t.cpu().numpy() for key, t in arrays.items()},
-        {"prompt_len": prompt_len, "pads": [int(p) for p in pads], "layers": meta_layers},
+        {key: t.cpu().numpy() for key, t in kept.items()},
+        {"prompt_len": prompt_len, "pads": [int(p) for p in pads[rows]], "layers": meta_layers},
     )
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from featureguard.audit.trace import TraceLayer, TraceReader, TraceRequest
+from featureguard.audit.trace import TraceLayer, TraceRequest, read_trace
 from featureguard.errors import PolicyError
 from featureguard.policy import Policy, PolicySet, PolicySource, load_policies
 
@@ -219,7 +219,8 @@ def _compare(did: list[ReplayTrigger], would: list[ReplayTrigger], order: list[s
 
 
 def replay(trace: str | os.PathLike[str], policies: PolicySource | PolicySet) -> ReplayReport:
-    """Re-score every call of the trace folder ``trace`` with ``policies`` (a file or a set).
+    """Re-score every call of the trace folder ``trace`` (or of every trace shard in it) with
+    ``policies`` (a file or a set).
 
     PolicyError (located in the policy file) when a policy needs an SAE or feature the trace
     lacks; AuditError when the trace cannot be read.
@@ -230,7 +231,7 @@ def replay(trace: str | os.PathLike[str], policies: PolicySource | PolicySet) ->
     approx: set[str] = set()
     requests = rows = tokens = 0
     edits, cut = False, 0
-    for req in TraceReader(trace):
+    for req in read_trace(trace):
         d, w = _replay_request(req, pset, approx)
         did += d
         would += w

@@ -40,7 +40,7 @@ from safetensors.numpy import save
 from featureguard.errors import AuditError
 
 __all__ = ["TRACE_VERSION", "TraceLayer", "TracePolicy", "TraceReader", "TraceRequest",
-           "TraceWriter", "read_trace"]  # fmt: skip
+           "TraceWriter", "read_trace", "trace_folders"]  # fmt: skip
 
 TRACE_VERSION = 1
 INDEX = "index.jsonl"
@@ -206,8 +206,23 @@ class TraceReader:
 
 
 def read_trace(path: str | os.PathLike[str]) -> Iterator[TraceRequest]:
-    """Yield every call of the trace folder at ``path``, in the order they were written."""
-    yield from TraceReader(path)
+    """Yield every call of the trace folder at ``path``, in the order they were written; a
+    folder of trace shards (one trace folder per writer, as ``featureguard scan --trace``
+    writes) yields each shard's calls in turn, shards by name."""
+    for folder in trace_folders(path):
+        yield from TraceReader(folder)
+
+
+def trace_folders(path: str | os.PathLike[str]) -> list[Path]:
+    """``[path]`` for a trace folder; its sub-folders that are traces, by name, for a folder of
+    trace shards; AuditError when it is neither."""
+    path = Path(path)
+    if (path / INDEX).exists() or not path.is_dir():
+        return [path]  # TraceReader names what is missing
+    shards = sorted(p for p in path.iterdir() if (p / INDEX).is_file())
+    if not shards:
+        raise AuditError(f"cannot read trace {path}: no {INDEX} in it or in its sub-folders")
+    return shards
 
 
 def _request(meta: dict[str, Any], arrays: dict[str, np.ndarray], shard: str) -> TraceRequest:

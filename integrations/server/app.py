@@ -15,7 +15,7 @@ import hmac
 import json
 import re
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 try:
@@ -99,7 +99,7 @@ def create_app(service: GuardedService, *, api_key: str | None = None) -> FastAP
             raise _HTTPError(400, str(exc), "invalid_request_error") from exc
         if body.stream:
             return _stream(service, prompt, sampling, rid, chat=True)
-        done = await _run(service, lambda: service.complete([prompt], sampling, rid))
+        done = await _guarded(service.complete_async([prompt], sampling, rid))
         return _json(protocol.chat_response(done, model), done)
 
     @app.post("/v1/completions")
@@ -109,7 +109,7 @@ def create_app(service: GuardedService, *, api_key: str | None = None) -> FastAP
             if len(prompts) != 1:
                 raise _HTTPError(400, "stream one prompt per request", "invalid_request_error")
             return _stream(service, prompts[0], sampling, rid, chat=False)
-        done = await _run(service, lambda: service.complete(prompts, sampling, rid))
+        done = await _guarded(service.complete_async(prompts, sampling, rid))
         return _json(protocol.completion_response(done, model), done)
 
     @app.post("/v1/featureguard/score")
@@ -152,8 +152,15 @@ async def _run(service: GuardedService, job: Callable[[], Any]) -> Any:
         future = service.submit(job)
     except QueueFull as exc:
         raise _busy(exc) from exc
+    return await _guarded(asyncio.wrap_future(future))
+
+
+async def _guarded(work: Awaitable[Any]) -> Any:
+    """Await `work`: a full queue is a 503, a featureguard failure a 500."""
     try:
-        return await asyncio.wrap_future(future)
+        return await work
+    except QueueFull as exc:
+        raise _busy(exc) from exc
     except FeatureguardError as exc:
         raise _HTTPError(500, f"featureguard: {exc}", "server_error") from exc
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from featureguard.demo import assets
 from featureguard.errors import FeatureguardError
+from featureguard.guard import AuditTarget
 
 DEFAULT_POLICIES = assets.POLICY_DIR / "unsafe-code.yaml"
 
@@ -28,23 +29,36 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--max-queue", type=int, default=16,
                    help="requests that may wait; then the server answers 503")  # fmt: skip
     p.add_argument("--model-id", help="the model's name in the API (default: the folder's name)")
+    p.add_argument("--ray", action="store_true",
+                   help="replicas on Ray Serve (extra `ray`); audit shards, anchors")  # fmt: skip
+    p.add_argument("--replicas", type=int, default=2, help="with --ray: replicas (default 2)")
+    p.add_argument("--ray-address", help="with --ray: a Ray cluster (default: $RAY_ADDRESS, "
+                   "else a local Ray)")  # fmt: skip
     p.set_defaults(func=_serve)
+
+
+def load_guard(model: str, policies: str, audit: AuditTarget | None) -> Any:
+    """The model folder `model`, loaded and wrapped in `policies` (OpenTelemetry from the
+    environment); what each server process or replica holds."""
+    from featureguard.demo.assets import load_model
+    from featureguard.guard import wrap
+    from featureguard.integrations.otel import instrument_from_env
+
+    if not (Path(model) / "config.json").is_file():
+        raise FeatureguardError(
+            f"--model {model}: not a transformers model folder (no config.json)"
+        )
+    loaded, tokenizer = load_model(model)
+    guard = wrap(loaded, policies, tokenizer=tokenizer, audit=audit)
+    instrument_from_env(guard)
+    return guard
 
 
 def build(args: argparse.Namespace) -> Any:
     """The app `featureguard serve` runs, from its parsed arguments."""
-    from featureguard.demo.assets import load_model
-    from featureguard.guard import wrap
-    from featureguard.integrations.otel import instrument_from_env
     from featureguard.integrations.server import GuardedService, create_app
 
-    if not (Path(args.model) / "config.json").is_file():
-        raise FeatureguardError(
-            f"--model {args.model}: not a transformers model folder (no config.json)"
-        )
-    model, tokenizer = load_model(args.model)
-    guard = wrap(model, args.policies, tokenizer=tokenizer, audit=args.audit)
-    instrument_from_env(guard)
+    guard = load_guard(args.model, args.policies, args.audit)
     service = GuardedService(
         guard, args.model_id or Path(args.model).name, max_queue=args.max_queue
     )
@@ -52,6 +66,10 @@ def build(args: argparse.Namespace) -> Any:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    if args.ray:
+        from featureguard.integrations.ray.command import serve_on_ray
+
+        return serve_on_ray(args)
     try:
         import uvicorn
     except ImportError as exc:

@@ -13,6 +13,7 @@ Nothing here knows HTTP: `app.py` turns requests into these calls and results in
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -135,18 +136,40 @@ class GuardedService:
     def complete(self, prompts: Sequence[str], sampling: Sampling, request_id: str) -> Completion:
         """Generate `sampling.n` replies to each prompt, in one batch: choice i·n + j is
         prompt i's reply j."""
-        batch = [p for p in prompts for _ in range(sampling.n)]
-        kwargs, prompt_tokens = self._prepare(batch, sampling)
-        self.guard.generate(batch, request_id=request_id, **kwargs)
-        choices = [_choice(i, o, sampling.stop) for i, o in enumerate(self.guard.last)]
-        return Completion(request_id, choices, prompt_tokens)
+        return self.complete_many([(prompts, request_id)], sampling)[0]
+
+    def complete_many(
+        self, requests: Sequence[tuple[Sequence[str], str]], sampling: Sampling
+    ) -> list[Completion]:
+        """`complete` for several (prompts, request id) pairs with the same sampling, in one
+        batch; each request is audited as a call of its own."""
+        batch = [p for prompts, _ in requests for p in prompts for _ in range(sampling.n)]
+        rids = [rid for prompts, rid in requests for _ in prompts for _ in range(sampling.n)]
+        kwargs, mask = self._prepare(batch, sampling)
+        self.guard.generate(batch, request_id=rids, **kwargs)
+        outcomes, done, row = self.guard.last, [], 0
+        for prompts, rid in requests:
+            rows = range(row, row + len(prompts) * sampling.n)
+            choices = [_choice(i, outcomes[r], sampling.stop) for i, r in enumerate(rows)]
+            done.append(Completion(rid, choices, int(mask[row : rows.stop].sum())))
+            row = rows.stop
+        return done
+
+    async def complete_async(
+        self, prompts: Sequence[str], sampling: Sampling, request_id: str
+    ) -> Completion:
+        """`complete` on the worker, awaited; QueueFull when no slot is free. A subclass may
+        gather concurrent calls into batches (`featureguard.integrations.ray.serve`)."""
+        return await asyncio.wrap_future(
+            self.submit(lambda: self.complete(prompts, sampling, request_id))
+        )
 
     def stream(
         self, prompt: str, sampling: Sampling, request_id: str, cancelled: threading.Event
     ) -> Iterator[str | Completion]:
         """Yield the reply's text in chunks, each already scored and cut before any stop
         string, then its `Completion`. Setting `cancelled` ends the generation early."""
-        kwargs, prompt_tokens = self._prepare([prompt], sampling)
+        kwargs, mask = self._prepare([prompt], sampling)
         kwargs["stopping_criteria"] = [*kwargs["stopping_criteria"], _Cancelled(cancelled)]
         held = _StopHoldback(sampling.stop)
         # Read the stream to its end even after a stop string: the stop criterion ends the
@@ -161,13 +184,15 @@ class GuardedService:
         choice = _choice(0, self.guard.last[0], sampling.stop)
         if held.stopped and not choice.outcome.blocked:
             choice.finish_reason = "stop"
-        yield Completion(request_id, [choice], prompt_tokens)
+        yield Completion(request_id, [choice], int(mask.sum()))
 
     def score(self, texts: Sequence[str], request_id: str) -> list[TextScore]:
         return self.guard.score(list(texts), request_id=request_id)
 
-    def _prepare(self, prompts: list[str], sampling: Sampling) -> tuple[dict[str, Any], int]:
-        """Generation kwargs for `prompts`, and how many prompt tokens they hold."""
+    def _prepare(
+        self, prompts: list[str], sampling: Sampling
+    ) -> tuple[dict[str, Any], torch.Tensor]:
+        """Generation kwargs for `prompts`, and their attention mask [b, S]."""
         if sampling.seed is not None:  # the worker is the only thread generating: seed it
             torch.manual_seed(sampling.seed)
         device = next(self.guard.model.parameters()).device
@@ -177,7 +202,7 @@ class GuardedService:
             [_StopOnText(self.tokenizer, sampling.stop, mask.shape[1])] if sampling.stop else []
         )
         kwargs["stopping_criteria"] = StoppingCriteriaList(criteria)
-        return kwargs, int(mask.sum())
+        return kwargs, mask
 
 
 def _choice(index: int, outcome: SequenceOutcome, stops: Sequence[str]) -> Choice:

@@ -98,3 +98,55 @@ def test_num_return_sequences_gives_an_outcome_per_row(world: tw.World, tmp_path
         blocked = [o.blocked for o in guard.last]
     assert len(replies) == 2 * len(tw.PROMPTS)
     assert blocked == [r // 2 == world.row for r in range(2 * len(tw.PROMPTS))]
+
+
+def test_score_skips_the_layers_above_the_hook(world: tw.World, tmp_path: Path) -> None:
+    """Scoring stops after the deepest hooked layer: the last layer and the head never run,
+    and the scores are those of a full pass."""
+    text, index = _aimed_text(world)
+    calls: list[int] = []
+    *_, last = next(m for m in world.model.modules() if isinstance(m, torch.nn.ModuleList))
+    handle = last.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        with fg.wrap(world.model, tw.write_policy(world, tmp_path), tokenizer=world.tokenizer,
+                     audit=fg.MemorySink()) as guard:  # fmt: skip
+            [scored] = guard.score(text)
+            full = guard.forward(world.tokenizer(text, return_tensors="pt")["input_ids"])
+    finally:
+        handle.remove()
+    assert calls == [1]  # only guard.forward's full pass reached it
+    assert full.shape[1] == len(scored.tokens)
+    assert scored.scores["watch"][index] == pytest.approx(world.score, rel=1e-4)
+
+
+def test_score_takes_one_request_id_per_text(world: tw.World, tmp_path: Path) -> None:
+    """A list of ids names each text's request; a wrong count is a GuardError."""
+    sink = fg.MemorySink()
+    with fg.wrap(world.model, tw.write_policy(world, tmp_path), tokenizer=world.tokenizer,
+                 audit=sink) as guard:  # fmt: skip
+        guard.score(["ab", "cd"], request_id=["x", "y"])
+        with pytest.raises(fg.GuardError, match="2 texts but 1 request ids"):
+            guard.score(["ab", "cd"], request_id=["x"])
+    done = [r["request_id"] for r in sink.records if r["event"] == "request_completed"]
+    assert done == ["x", "y"]
+
+
+def test_generate_batches_requests_with_records_of_their_own(world: tw.World,
+                                                             tmp_path: Path) -> None:  # fmt: skip
+    """generate with one id per prompt: each request gets its own request_completed, its
+    rows numbered from 0, and its triggers under its id."""
+    sink = fg.MemorySink()
+    prompts = tw.PROMPTS[:3]
+    ids = ["a", "a", "b"] if world.row < 2 else ["a", "b", "b"]
+    with fg.wrap(world.model, tw.write_policy(world, tmp_path), tokenizer=world.tokenizer,
+                 audit=sink) as guard:  # fmt: skip
+        guard.generate(prompts, request_id=ids, max_new_tokens=world.max_new_tokens,
+                       do_sample=False)  # fmt: skip
+    done = {r["request_id"]: r for r in sink.records if r["event"] == "request_completed"}
+    assert sorted(done) == ["a", "b"]
+    assert [done[k]["sequences"] for k in ("a", "b")] == [ids.count("a"), ids.count("b")]
+    hits = [(r["request_id"], r["sequence"]) for r in sink.records
+            if r["event"] == "policy_triggered"]  # fmt: skip
+    owner = ids[world.row] if world.row < 3 else None
+    first = ids.index(owner) if owner else 0
+    assert hits == ([(owner, world.row - first)] if owner else [])
