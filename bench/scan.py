@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from datetime import date
@@ -73,6 +74,7 @@ def main() -> None:
     parser.add_argument("--write-docs", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    load_before = os.getloadavg()[0]
     rows = texts(args.rows)
     with tempfile.TemporaryDirectory() as folder:
         tmp = Path(folder)
@@ -96,18 +98,19 @@ def main() -> None:
     print("\n".join(lines))
     print(f"ray.init: {ray_init:.1f} s")
     if args.write_docs:
-        write_section(TITLE, _section(args, lines, ray_init, table))
+        write_section(TITLE, _section(args, lines, ray_init, table, load_before))
 
 
 def _section(args: argparse.Namespace, table: list[str], ray_init: float,
-             runs: list[tuple[str, float, float, float]]) -> str:  # fmt: skip
-    import os
-
+             runs: list[tuple[str, float, float, float]], load_before: float) -> str:  # fmt: skip
     import ray
 
     steady = [s for _, _, s, _ in runs[1:]]
     step = f"{steady[-1] / steady[0]:.2f}×" if len(steady) > 1 else "n/a"
-    load = os.getloadavg()[0]
+    busy = load_before > 0.5
+    lib = runs[0][1]
+    versus = ("faster than" if steady[0] > lib * 1.05 else "slower than" if steady[0] < lib * 0.95
+              else "about as fast as")  # fmt: skip
 
     workers = " ".join(map(str, args.workers))
     return "\n".join([
@@ -115,8 +118,8 @@ def _section(args: argparse.Namespace, table: list[str], ray_init: float,
         f"Command: `.venv/bin/python bench/scan.py --rows {args.rows} --workers {workers} "
         "--write-docs`  ",
         f"Machine: {machine()}, no GPU; torch {torch.__version__}, 1 thread per process; "
-        f"ray {ray.__version__}. The CPU was shared with another engineer's experiments "
-        "during the run, so the figures are lower bounds.  ",
+        f"ray {ray.__version__}; load average {load_before:.1f} before the run"
+        + (" (other work shared the CPUs: the figures are lower bounds).  " if busy else ".  "),
         f"Date: {date.today().isoformat()}.", "",
         f"The demo model ({MODEL.name}) under {POLICIES.relative_to(REPO)}, {args.rows:,} short "
         "code and prose rows; one text per forward pass in both (the library's "
@@ -125,13 +128,11 @@ def _section(args: argparse.Namespace, table: list[str], ray_init: float,
         "fixed cost: what is left (actors started, the model loaded in each, the output "
         f"written, Ray Data's planning). `ray.init` itself took {ray_init:.1f} s.", "",
         *table, "",
-        f"Reading. From 1 to {args.workers[-1]} workers the steady rate grew {step}; the "
-        f"machine's load average was {load:.1f} at the end of the run (the other work on "
-        "it), so the second core was far from free. A scan actor can outrun the library loop "
-        "at one worker because it hands `Guard.score` a batch of texts per call (one forward "
-        "pass per text still), while the loop makes one call per text; for small scans the "
-        "fixed cost decides, and the library loop is the faster choice below a few thousand "
-        "rows on one machine.", "",
+        f"Reading. From 1 to {args.workers[-1]} workers the steady rate grew {step}. At one "
+        f"worker a scan's steady rate is {versus} the library loop in one process (both score "
+        "one text per forward pass; the actor gets a batch of rows per call, the loop one "
+        "call per text); the fixed cost decides small scans, so below a few thousand rows on "
+        "one machine the library loop is the quicker choice.", "",
         "Scaling. Each actor holds its own copy of the model and scores its rows alone, with "
         "no traffic between actors but the input blocks and the result rows, so a scan "
         "scales with the number of actors until the input read or the writes bind: on N "

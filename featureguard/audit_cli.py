@@ -86,9 +86,15 @@ def _tail(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from featureguard.replay import replay
+    if args.ray:  # the shards replayed by Ray Data actors (extra `ray`)
+        from featureguard.integrations.ray.data import replay as replay_on_ray
 
-    report = replay(args.trace, args.policies)
+        report = replay_on_ray(args.trace, args.policies, workers=args.workers,
+                               address=args.ray_address)  # fmt: skip
+    else:
+        from featureguard.replay import replay
+
+        report = replay(args.trace, args.policies)
     if args.json:
         doc = {"requests": report.requests, "rows": report.rows, "tokens": report.tokens,
                "policies": [asdict(p) for p in report.policies],
@@ -171,6 +177,11 @@ def add_audit_commands(audit: argparse._SubParsersAction) -> None:
     p.add_argument("--policies", required=True, help="the policy file to replay")
     p.add_argument("--examples", type=int, default=20, help="changed triggers listed")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--ray", action="store_true",
+                   help="replay the trace shards on Ray Data actors (extra `ray`)")  # fmt: skip
+    p.add_argument("--workers", type=int, default=1, help="with --ray: actors (default 1)")
+    p.add_argument("--ray-address", help="with --ray: a Ray cluster (default: $RAY_ADDRESS, "
+                   "else local)")  # fmt: skip
     p.set_defaults(func=_replay)
 
     p = audit.add_parser("report", help="a self-contained HTML report")

@@ -441,7 +441,7 @@ def _replies(path: str) -> list[Reply]:
 
 def run(args: argparse.Namespace) -> int:
     """Run `featureguard calibrate`; exit 0."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from featureguard.model_files import load_model
 
     policies = load_policies(args.policies)
     model_dir = args.model
@@ -450,8 +450,8 @@ def run(args: argparse.Namespace) -> int:
         model_dir = load_sae(spec.path, features=[]).cfg.model_name
         if not model_dir:
             raise FeatureguardError("the SAE's config names no model; pass --model")
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    # The SAE's model name was not typed by the user: read it from disk only, never download.
+    model, tokenizer = load_model(model_dir, download=args.model is not None)
     benign = _replies(args.benign)
     positives = _replies(args.positives) if args.positives else None
     results = calibrate(

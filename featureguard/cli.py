@@ -57,12 +57,10 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from featureguard.guard import wrap
+    from featureguard.model_files import load_model
 
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
-    model = AutoModelForCausalLM.from_pretrained(args.model).eval()
+    model, tokenizer = load_model(args.model)
     with wrap(model, args.policies, tokenizer=tokenizer, audit=args.audit) as guard:
         [reply] = guard.generate(args.prompt, max_new_tokens=args.max_new_tokens, do_sample=False)
         outcome = guard.last[0]

@@ -18,6 +18,7 @@ activations, so a score within float rounding of its threshold may differ from t
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,7 +27,7 @@ from featureguard.audit.trace import TraceLayer, TraceRequest, read_trace
 from featureguard.errors import PolicyError
 from featureguard.policy import Policy, PolicySet, PolicySource, load_policies
 
-__all__ = ["PolicyComparison", "ReplayReport", "ReplayTrigger", "replay"]
+__all__ = ["PolicyComparison", "ReplayReport", "ReplayTrigger", "combine", "replay"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -98,6 +99,8 @@ class ReplayReport:
     """`policy:feature` pairs read from top-k lists (0 where not in a token's top k)."""
     notes: tuple[str, ...] = field(default=())
     """Limits that apply to this replay, in words."""
+    edited: bool = False
+    """Whether the original run's policies edited activations (suppress, steer)."""
 
     @property
     def added(self) -> tuple[ReplayTrigger, ...]:
@@ -230,19 +233,37 @@ def replay(trace: str | os.PathLike[str], policies: PolicySource | PolicySet) ->
     would: list[ReplayTrigger] = []
     approx: set[str] = set()
     requests = rows = tokens = 0
-    edits, cut = False, 0
+    edited = False
     for req in read_trace(trace):
         d, w = _replay_request(req, pset, approx)
         did += d
         would += w
         requests, rows, tokens = requests + 1, rows + len(req.pads), tokens + int(req.valid.sum())
-        edits |= any(p.action in ("suppress", "steer") for L in req.layers for p in L.policies)
-        cut += len({(t.sequence) for t in d if t.action == "block"})
+        edited |= any(p.action in ("suppress", "steer") for L in req.layers for p in L.policies)
+    return _report(requests, rows, tokens, did, would, approx, edited, pset)
+
+
+def combine(reports: Sequence[ReplayReport], policies: PolicySource | PolicySet) -> ReplayReport:
+    """One report from the replays of disjoint parts of a trace (its shards, replayed apart
+    with the same ``policies``): as if the whole trace had been replayed at once."""
+    pset = policies if isinstance(policies, PolicySet) else load_policies(policies)
+    return _report(
+        sum(r.requests for r in reports), sum(r.rows for r in reports),
+        sum(r.tokens for r in reports), [t for r in reports for t in r.did],
+        [t for r in reports for t in r.would], {a for r in reports for a in r.approximate},
+        any(r.edited for r in reports), pset,
+    )  # fmt: skip
+
+
+def _report(requests: int, rows: int, tokens: int, did: list[ReplayTrigger],
+            would: list[ReplayTrigger], approx: set[str], edited: bool,
+            pset: PolicySet) -> ReplayReport:  # fmt: skip
     notes = []
+    cut = len({(t.request_id, t.sequence) for t in did if t.action == "block"})
     if cut:
         notes.append(f"{cut} row(s) were blocked in the original run: their replay ends where "
                      "they ended (later tokens were never generated)")  # fmt: skip
-    if edits:
+    if edited:
         notes.append("the original policies edited activations (suppress/steer): the stored "
                      "tokens are the edited run's")  # fmt: skip
     if any(p.action in ("suppress", "steer") for p in pset.policies):
@@ -251,5 +272,5 @@ def replay(trace: str | os.PathLike[str], policies: PolicySource | PolicySet) ->
     return ReplayReport(
         requests=requests, rows=rows, tokens=tokens, did=tuple(did), would=tuple(would),
         policies=_compare(did, would, [p.name for p in pset.policies]),
-        approximate=tuple(sorted(approx)), notes=tuple(notes),
+        approximate=tuple(sorted(approx)), notes=tuple(notes), edited=edited,
     )  # fmt: skip

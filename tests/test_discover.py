@@ -31,6 +31,7 @@ from featureguard.discovery import (
     token_activations,
     top_contexts,
 )
+from featureguard.discovery.command import _candidates, load_checker
 from featureguard.errors import FeatureguardError
 
 ALPHABET = "abcdefghijklmnopqrstuvwxy "  # no "z"
@@ -243,6 +244,26 @@ def test_intervene_is_reproducible(inter: Intervention) -> None:
     assert a == b and torch.equal(torch.get_rng_state(), state)
 
 
+def test_intervene_thresholds_each_set_at_the_benign_quantile(inter: Intervention) -> None:
+    """Given benign texts, the policy's threshold is the quantile of the chosen set's Σ f over
+    their tokens (guard units), recomputed here from the activations."""
+    benign = inter.held_out[:6]
+    result = intervene(inter.model, inter.tok, inter.sae, LAST_HOOK, inter.prompts[:6], says_z,
+                       [tw.TARGET, 1], held_out=inter.held_out[:4], max_features=1,
+                       methods=(("ablate", None),), max_new_tokens=6, benign=benign,
+                       benign_quantile=0.8)  # fmt: skip
+    assert result.features == (tw.TARGET,)
+    acts = token_activations(inter.model, inter.tok, inter.sae, LAST_HOOK, benign,
+                             features=[tw.TARGET])  # fmt: skip
+    expected = float(torch.quantile(torch.cat([a.acts[:, 0] for a in acts]).double(), 0.8))
+    assert result.threshold == pytest.approx(max(0.0, expected), abs=1e-9)
+    assert result.policy()["threshold"] == result.threshold
+    with pytest.raises(FeatureguardError, match=r"benign_quantile must be in \(0, 1\)"):
+        intervene(inter.model, inter.tok, inter.sae, LAST_HOOK, inter.prompts[:2], says_z,
+                  [tw.TARGET], held_out=inter.held_out[:2], benign=benign,
+                  benign_quantile=1.0)  # fmt: skip
+
+
 def test_intervene_refuses_other_verdicts(inter: Intervention) -> None:
     """A checker must answer unsafe, safe or invalid."""
     with pytest.raises(FeatureguardError, match="'maybe'"):
@@ -289,3 +310,14 @@ def test_cli_detect_and_intervene(det: Detection, inter: Intervention, tmp_path:
     assert run(args) == 0
     out = capsys.readouterr().out
     assert "action: suppress" in out and f"index: {tw.TARGET}" in out
+    # --contrast prompts join the ranking of candidates (2 samples each), not the selection
+    args = _parse(["discover", "intervene", "--model", str(tmp_path / "m2"),
+                   "--sae", str(inter.sae), "--prompts", str(tmp_path / "prompts.txt"),
+                   "--checker", f"{tmp_path / 'check.py'}:check", "--samples", "2",
+                   "--contrast", str(tmp_path / "prompts.txt"), "--benign",
+                   str(tmp_path / "neg.txt"), "--benign-quantile", "0.9"])  # fmt: skip
+    assert (args.benign, args.benign_quantile) == (str(tmp_path / "neg.txt"), 0.9)
+    selection = inter.prompts[:5]
+    _candidates(args, inter.model, inter.tok, load_checker(args.checker), selection)
+    n = 2 * (len(selection) + len(inter.prompts))
+    assert f"of {n} completions unsafe)" in capsys.readouterr().out

@@ -66,6 +66,10 @@ class BuildConfig:
     """Most features the suppress policy may name."""
     invalid_weight: float = 1.5
     """How much a broken completion counts against a feature set, next to an unsafe one."""
+    benign_quantile: float = 0.95
+    """Each feature set's threshold is this quantile of its score over benign tokens (prose and
+    safe code): the edit touches about 5% of them. At threshold 0 the layer-2 features (which in
+    guard units fire on 10% of tokens each) edited 69% of prose tokens: +0.14 nats/token."""
     benign: int = 1000
     """Benign replies for calibration (validation split)."""
     target_rate: float = 0.02
@@ -224,9 +228,13 @@ def _suppressor(cfg: BuildConfig, model: Any, tok: Any, sae_dir: Path,
     unsafe = [check_code(p, c) == "unsafe" for p, c in zip(ranked, completions, strict=True)]
     texts = [p + c for p, c in zip(ranked, completions, strict=True)]
     candidates = candidate_features(model, tok, sae_dir, hook, texts, unsafe, n=cfg.candidates)
+    # Benign prose and safe code set each feature set's threshold: the edit stays conditional.
+    benign = [s.text for s in snippets("train", n, seed=cfg.seed + 5, domain="prose")]
+    benign += [a.text for a, _ in twins("train", n, seed=cfg.seed + 6, domain="code")]
     result = intervene(model, tok, sae_dir, hook, select, check_code, candidates,
                        held_out=held_out, max_features=cfg.max_features,
-                       invalid_weight=cfg.invalid_weight, seed=cfg.seed)  # fmt: skip
+                       invalid_weight=cfg.invalid_weight, benign=benign,
+                       benign_quantile=cfg.benign_quantile, seed=cfg.seed)  # fmt: skip
     policy = result.policy("unsafe-code-suppress", "demo")
     policy["description"] = "suppress the features whose suppression measurably cut unsafe code"
     if not result.features:  # nothing lowered the rate: ablate the best-separating candidate

@@ -62,6 +62,19 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="candidates: the N features that best tell unsafe from safe completions",
     )
     i.add_argument("--features", help="comma-separated candidate features instead")
+    i.add_argument(
+        "--contrast",
+        help="prompts leaning away from the concept (text or JSONL): their completions join "
+        "the ranking of candidates, so that both classes are there to tell apart",
+    )
+    i.add_argument(
+        "--benign",
+        help="benign texts (text or JSONL): each feature set's threshold becomes the "
+        "--benign-quantile of its score over their tokens",
+    )
+    i.add_argument(
+        "--benign-quantile", type=float, default=0.95, help="see --benign (default 0.95)"
+    )
     i.add_argument("--max-features", type=int, default=5, help="most features chosen (5)")
     i.add_argument("--held-out", type=float, default=0.3, help="fraction of prompts held out")
     i.add_argument("--samples", type=int, default=1, help="completions per prompt (1)")
@@ -83,10 +96,9 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run `discover detect` or `discover intervene`."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from featureguard.model_files import load_model
 
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
-    model = AutoModelForCausalLM.from_pretrained(args.model).eval()
+    model, tokenizer = load_model(args.model)
     if args.discover_command == "detect":
         return _detect(args, model, tokenizer)
     return _intervene(args, model, tokenizer)
@@ -165,12 +177,14 @@ def _candidates(
     args: argparse.Namespace, model: Any, tokenizer: Any, checker: Any, selection: list[str]
 ) -> list[int]:
     """`--features`, or the `--candidates` features that best tell the unwrapped model's unsafe
-    completions of the selection prompts from its safe ones."""
+    completions of the selection prompts (and of the `--contrast` prompts) from its safe ones."""
     if args.features:
         try:
             return [int(x) for x in args.features.split(",") if x.strip()]
         except ValueError:
             raise FeatureguardError(f"expected --features 1,2,3, got {args.features!r}") from None
+    if args.contrast:  # prompts leaning the other way: both classes to tell apart
+        selection = selection + [e.text for e in read_examples(args.contrast)]
     completions = generate_completions(
         model,
         tokenizer,
@@ -209,6 +223,8 @@ def _intervene(args: argparse.Namespace, model: Any, tokenizer: Any) -> int:
         checker,
         candidates,
         held_out=held_out,
+        benign=None if args.benign is None else [e.text for e in read_examples(args.benign)],
+        benign_quantile=args.benign_quantile,
         max_features=args.max_features,
         samples_per_prompt=args.samples,
         max_new_tokens=args.max_new_tokens,

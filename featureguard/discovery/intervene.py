@@ -319,6 +319,24 @@ def _maxes(
     return {f: v for f, v in tops.items() if v > 0}
 
 
+def _benign_scores(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    sae_path: str | os.PathLike,
+    hook: str | None,
+    texts: Sequence[str],
+    features: Sequence[int],
+    batch_size: int,
+) -> torch.Tensor:
+    """[tokens, features]: the features' activations (guard units) on every benign token."""
+    acts = token_activations(model, tokenizer, sae_path, hook, list(texts), features=list(features),
+                             batch_size=batch_size)  # fmt: skip
+    rows = [a.acts for a in acts if len(a.ids)]
+    if not rows:
+        raise FeatureguardError("the benign texts have no scored token")
+    return torch.cat(rows).double()
+
+
 def _measure_set(
     run: _Runner,
     prompts: Sequence[str],
@@ -372,8 +390,18 @@ def intervene(
     scope: str = "both",
     invalid_weight: float = 1.0,
     batch_size: int = 32,
+    benign: Sequence[str] | None = None,
+    benign_quantile: float = 0.95,
 ) -> InterveneResult:
-    """Greedy selection of suppressed features by measured effect (module docstring)."""
+    """Greedy selection of suppressed features by measured effect (module docstring).
+
+    With `benign` texts, each feature set's threshold is the larger of `threshold` and the
+    `benign_quantile` of the set's score (Σ f) over the benign texts' tokens, so the edit
+    touches at most about 1 − `benign_quantile` of benign tokens: in guard units a TopK SAE's
+    features fire far more broadly than in the SAE, and at threshold 0 a "conditional" edit can
+    touch most tokens of ordinary text."""
+    if not 0.0 < benign_quantile < 1.0:
+        raise FeatureguardError(f"benign_quantile must be in (0, 1), got {benign_quantile}")
     if not prompts or not held_out:
         raise FeatureguardError("intervene needs selection prompts and held-out prompts")
     if len(set(candidates)) != len(candidates) or not candidates:
@@ -393,8 +421,19 @@ def intervene(
     maxes = _maxes(model, tokenizer, sae_path, hook, texts, candidates, batch_size)
     pool = [f for f in candidates if f in maxes]
 
+    benign_scores = None
+    if benign and pool:
+        benign_scores = _benign_scores(model, tokenizer, sae_path, hook, benign, pool, batch_size)
+
+    def threshold_of(features: Sequence[int]) -> float:
+        if benign_scores is None or not features:
+            return threshold
+        total = benign_scores[:, [pool.index(f) for f in features]].sum(dim=1)
+        return max(threshold, float(torch.quantile(total, benign_quantile)))
+
     def policy(features: Sequence[int], method: str, strength: float | None) -> dict:
-        return _policy("intervene", "sae", features, maxes, method, strength, threshold, scope)
+        return _policy("intervene", "sae", features, maxes, method, strength,
+                       threshold_of(features), scope)  # fmt: skip
 
     trials = []
     for method, strength in methods:
@@ -417,7 +456,7 @@ def intervene(
         maxes=maxes,
         method=winner.method,
         strength=winner.strength,
-        threshold=threshold,
+        threshold=threshold_of(winner.features),
         scope=scope,
         baseline=baseline,
         selected=winner.rate,

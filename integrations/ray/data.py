@@ -20,24 +20,27 @@ once the scan returns.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import uuid
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from featureguard.audit import JsonlSink
 from featureguard.audit.shards import AnchorWriter, shard_path
-from featureguard.audit.trace import TraceWriter
+from featureguard.audit.trace import TraceWriter, trace_folders
 from featureguard.errors import FeatureguardError
 from featureguard.integrations.ray._ray import ensure_ray, import_ray
 from featureguard.integrations.server.command import load_guard
 from featureguard.outcomes import TextScore
+from featureguard.replay import PolicyComparison, ReplayReport, ReplayTrigger, combine
+from featureguard.replay import replay as replay_folder
 
 import_ray("featureguard scan")
 import pyarrow as pa  # noqa: E402  (after the check that names the extra, which brings it)
 
-__all__ = ["RESULT_SCHEMA", "ScanSummary", "Scanner", "result_row", "scan"]
+__all__ = ["RESULT_SCHEMA", "ScanSummary", "Scanner", "replay", "result_row", "scan"]
 
 _TRIGGER = pa.struct([("policy", pa.string()), ("action", pa.string()),
                       ("token_index", pa.int64()), ("token_id", pa.int64()),
@@ -175,3 +178,57 @@ def scan(
     flagged = int(scored.sum("flagged") or 0)
     AnchorWriter(out / "audit.jsonl").close()
     return ScanSummary(rows=rows, flagged=flagged, output=out)
+
+
+class ShardReplayer:
+    """`map_batches` callable for replay: each actor replays whole trace shards (numpy only, no
+    model) and hands back each shard's report as JSON."""
+
+    def __init__(self, policies: str) -> None:
+        from featureguard.policy import load_policies
+
+        self.policies = load_policies(policies)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        reports = [json.dumps(asdict(replay_folder(shard, self.policies)))
+                   for shard in batch.column("shard").to_pylist()]  # fmt: skip
+        return pa.table({"shard": batch.column("shard"), "report": reports})
+
+
+def _report(doc: dict[str, Any]) -> ReplayReport:
+    return ReplayReport(**{
+        **doc,
+        "did": tuple(ReplayTrigger(**t) for t in doc["did"]),
+        "would": tuple(ReplayTrigger(**t) for t in doc["would"]),
+        "policies": tuple(PolicyComparison(**c) for c in doc["policies"]),
+        "approximate": tuple(doc["approximate"]), "notes": tuple(doc["notes"]),
+    })  # fmt: skip
+
+
+def replay(
+    trace: str | os.PathLike[str],
+    policies: str | os.PathLike[str],
+    *,
+    workers: int = 1,
+    address: str | None = None,
+    cpus_per_worker: float = 1.0,
+) -> ReplayReport:
+    """`featureguard audit replay --ray`: the trace shards of `trace` (a scan's `traces/`, or
+    one trace folder) replayed against `policies` by `workers` actors, one shard per task; the
+    same report as `featureguard.replay.replay` on the whole folder."""
+    ray = ensure_ray("featureguard audit replay --ray", num_cpus=workers + 1, address=address)
+    shards = [str(p.resolve()) for p in trace_folders(trace)]
+    replayed = (
+        ray.data.from_items([{"shard": s} for s in shards], override_num_blocks=len(shards))
+        .map_batches(
+            ShardReplayer,
+            fn_constructor_args=(str(Path(policies).resolve()),),
+            batch_size=1,
+            batch_format="pyarrow",
+            concurrency=workers,
+            num_cpus=cpus_per_worker,
+        )
+        .take_all()
+    )
+    by_shard = {row["shard"]: _report(json.loads(row["report"])) for row in replayed}
+    return combine([by_shard[s] for s in shards], policies)  # in the shards' order

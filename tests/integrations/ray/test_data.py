@@ -72,6 +72,21 @@ def test_replay_reads_the_scan_trace_shards(
     assert f"replayed {len(TEXTS)} request(s)" in capsys.readouterr().out
 
 
+def test_replay_on_ray_equals_the_local_replay(
+    scanned: Path, saved: Saved, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`featureguard audit replay --ray`: the shards replayed by 2 Ray Data actors give the
+    report of the local replay of the whole folder, and the CLI prints the same table."""
+    local = replay(scanned / "traces", saved.policies)
+    on_ray = data.replay(scanned / "traces", saved.policies, workers=2, cpus_per_worker=0.5)
+    assert on_ray == local and on_ray.requests == len(TEXTS) and on_ray.would
+    argv = ["audit", "replay", str(scanned / "traces"), "--policies", str(saved.policies)]
+    assert main(argv) == 0
+    plain = capsys.readouterr().out
+    assert main([*argv, "--ray", "--workers", "2"]) == 0
+    assert capsys.readouterr().out == plain
+
+
 def test_parquet_input_without_ids(local_ray: Any, saved: Saved) -> None:
     """Parquet text without an id column: ids come from the text; same triggers."""
     corpus = saved.tmp / "corpus.parquet"
