@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from featureguard.audit import AuditLog
@@ -231,6 +232,7 @@ def collect(
         out.completion_tokens, out.ended = n, ended
     rows = _rows(seqs, pads, prompt_len, scored_len, eos, outcomes, tokenizer, include_text)
     duration_ms = round((time.perf_counter() - started) * 1000, 3)
+    traced = None if trace is None else _trace_arrays(state, sequences, scored_len)
     for rid, span in groups.items():
         mine, cut = outcomes[span.start : span.stop], slice(span.start, span.stop)
         audit.request_completed(
@@ -243,8 +245,8 @@ def collect(
             duration_ms=duration_ms,
             rows=rows[cut],
         )
-        if trace is not None:
-            _write_trace(trace, rid, state, sequences, prompt_len, pads, scored_len, cut)
+        if trace is not None and traced is not None:
+            _write_trace(trace, rid, traced, prompt_len, pads, cut)
     return outcomes
 
 
@@ -290,19 +292,11 @@ def _rows(
     return rows
 
 
-def _write_trace(
-    trace: TraceWriter,
-    request_id: str,
-    state: GenerationState,
-    sequences: torch.Tensor,
-    prompt_len: int,
-    pads: list[int],
-    scored_len: int,
-    rows: slice = slice(None),
-) -> None:
+def _trace_arrays(
+    state: GenerationState, sequences: torch.Tensor, scored_len: int
+) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
     """Gather each layer's step records into [b, S, ...] arrays (S: positions scored) on the
-    device, move them once, and hand them to the trace with the policies as they are: the
-    `rows` of one request (all, unless the call batched several)."""
+    device and move them once; with the layers' policies as they are."""
     b, dev = sequences.shape[0], state.device
     layers = list(dict.fromkeys(rec.layer for rec in state.records))
     valid = torch.zeros(b, scored_len, dtype=torch.bool, device=dev)
@@ -312,10 +306,23 @@ def _write_trace(
         recs = [rec for rec in state.records if rec.layer is layer]
         arrays.update(_layer_arrays(f"L{i}.", recs, b, scored_len, dev, valid))
         meta_layers.append(_layer_meta(layer))
-    kept = {key: t if key.endswith(".seen") else t[rows] for key, t in arrays.items()}
+    return {key: t.cpu().numpy() for key, t in arrays.items()}, meta_layers
+
+
+def _write_trace(
+    trace: TraceWriter,
+    request_id: str,
+    traced: tuple[dict[str, np.ndarray], list[dict[str, Any]]],
+    prompt_len: int,
+    pads: list[int],
+    rows: slice,
+) -> None:
+    """Hand the `rows` of one request (all, unless the call batched several) to the trace."""
+    arrays, meta_layers = traced
+    kept = {key: a if key.endswith(".seen") else a[rows] for key, a in arrays.items()}
     trace.write(
         request_id,
-        {key: t.cpu().numpy() for key, t in kept.items()},
+        kept,
         {"prompt_len": prompt_len, "pads": [int(p) for p in pads[rows]], "layers": meta_layers},
     )
 

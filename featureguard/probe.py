@@ -263,10 +263,11 @@ def fit_max_probe(
     `texts` holds one [t_i, p] tensor per text (t_i ≥ 1). Each step replaces the maximum by a
     smooth one, the log-mean-exp log(mean_t e^{τ s_t})/τ (it is the mean at τ → 0 and the
     maximum at τ → ∞), so the objective has a gradient everywhere; columns are standardised
-    over all rows and the classes balanced as in `fit_sparse_probe`. The L1 path (proximal
-    gradient with backtracking, warm-started) keeps the support of the smallest λ with at most
-    `k` non-zeros; that support is refitted without L1 (small ridge), and the bias last, for
-    the hard maximum. Only text labels are needed: which tokens carry the concept is learnt.
+    over all rows and the classes balanced as in `fit_sparse_probe`. One L1 fit at λ =
+    `lambda_ratio` · λ_max (proximal gradient with backtracking) ranks the columns; its `k`
+    largest weights are refitted without L1 (`ridge` on the standardised weights), and the bias
+    last, for the hard maximum. Only text labels are needed: which tokens carry the concept is
+    learnt.
     """
     if k < 1:
         raise FeatureguardError(f"expected k >= 1, got {k}")
@@ -303,19 +304,14 @@ def fit_max_probe(
 
     b0 = torch.logit((s * yf).sum())
     w = torch.zeros(z.shape[2], dtype=torch.float64)
-    g0 = _grad(loss, w, b0)[1]
-    lam_max = float(g0.abs().max())
-    if lam_max == 0.0:
-        raise FeatureguardError("no column separates the classes at all; the probe is empty")
+    lam = float(_grad(loss, w, b0)[1].abs().max()) * lambda_ratio  # λ_max: where columns enter
     # One L1 fit at a small λ, then its k largest weights: a λ path jumps past k in large steps
     # here (many columns enter together), and the joint fit ranks columns better than a path.
-    lam = lam_max * lambda_ratio
-    w, b, _ = _ista(loss, w, b0.clone(), lam, 1.0, max_iter=max_iter, tol=tol)
+    w, b = _ista(loss, w, b0.clone(), lam, max_iter=max_iter, tol=tol)
     nonzero = int((w != 0).sum())
     if not nonzero:
         raise FeatureguardError("no column separates the classes at all; the probe is empty")
     support = torch.argsort(-w.abs(), stable=True)[: min(k, nonzero)]
-    kept_lam, path = lam, [(lam, nonzero)]
     support = support[live[support]]
     w_s = _refit(lambda v, c: loss(torch.zeros_like(w).index_put((support,), v), c),
                  w[support], b, ridge)  # fmt: skip
@@ -328,8 +324,8 @@ def fit_max_probe(
         columns=tuple(int(c) for c in cols),
         weights=tuple(float(v) for v in w_raw),
         bias=b_s - float((w_s * mu[cols] / scale[cols]).sum()),
-        lam=kept_lam,
-        path=tuple(path),
+        lam=lam,
+        path=((lam, nonzero),),
     )
 
 
@@ -344,11 +340,11 @@ def _grad(loss: Loss, w: torch.Tensor, b: torch.Tensor) -> tuple[float, torch.Te
 
 
 def _ista(
-    loss: Loss, w: torch.Tensor, b: torch.Tensor, lam: float, step: float, *, max_iter: int,
-    tol: float,
-) -> tuple[torch.Tensor, torch.Tensor, float]:  # fmt: skip
+    loss: Loss, w: torch.Tensor, b: torch.Tensor, lam: float, *, max_iter: int, tol: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """L1-penalised minimisation of a smooth `loss` from (w, b) by proximal gradient steps,
-    each step size found by backtracking (and allowed to grow again); returns the step too."""
+    each step size found by backtracking (and allowed to grow again)."""
+    step = 1.0
     for _ in range(max_iter):
         value, g_w, g_b = _grad(loss, w, b)
         while True:
@@ -363,7 +359,7 @@ def _ista(
         w, b, step = new_w, new_b, step * 1.5
         if change < tol:
             break
-    return w, b, step
+    return w, b
 
 
 def _refit(loss: Loss, w: torch.Tensor, b: torch.Tensor, ridge: float) -> torch.Tensor:

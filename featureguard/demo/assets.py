@@ -24,12 +24,11 @@ SUPPRESS_HOOK = "blocks.2.hook_resid_post"
 
 def load_model(folder: str | Path = MODEL_DIR) -> tuple[Any, Any]:
     """The demo model (eval mode) and tokenizer from a local folder."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from featureguard.model_files import load_model
 
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise FeatureguardError(f"{folder}: no demo model here; rebuild it with `make demo-assets`")
-    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    model, tokenizer = load_model(str(folder), download=False)
     tokenizer.padding_side = "left"  # a decoder-only model: batches pad on the left
-    model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True).eval()
     return model, tokenizer
