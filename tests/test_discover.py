@@ -32,6 +32,7 @@ from featureguard.discovery import (
     top_contexts,
 )
 from featureguard.discovery.command import _candidates, load_checker
+from featureguard.discovery.detect import DENSE_MARGIN, Forms
 from featureguard.errors import FeatureguardError
 
 ALPHABET = "abcdefghijklmnopqrstuvwxy "  # no "z"
@@ -169,6 +170,32 @@ def test_detect_probe_is_the_aimed_feature(det: Detection, tmp_path: Path, probe
     assert policy.features[0].max == pytest.approx(top, rel=1e-5)
 
 
+def test_detect_compares_the_policy_forms_with_a_dense_probe(det: Detection) -> None:
+    """On the validation split: the probe, the single best feature (recomputed here) and a
+    dense probe on the raw activation; "z" is one direction, so all three separate fully."""
+    result = detect(det.model, det.tok, det.sae, EMBED_HOOK, det.positives, det.negatives, k=3)
+    forms = result.forms
+    assert forms is not None and forms.single_index == tw.TARGET
+    assert forms.probe == result.auroc_validation == 1.0
+    assert forms.single_feature == 1.0 and forms.dense == 1.0
+    assert forms.best == "probe" and forms.dense_gap == 0.0
+    assert "use the sparse probe" in forms.advice() and "better" not in forms.advice()
+    no_split = detect(det.model, det.tok, det.sae, EMBED_HOOK, det.positives, det.negatives,
+                      k=3, validation=0.0)  # fmt: skip
+    assert no_split.forms is None
+
+
+def test_forms_advice_names_the_better_form_and_warns_below_the_dense_probe() -> None:
+    """A single feature ahead of the probe is the advice; a dense probe ahead by more than
+    DENSE_MARGIN is a warning with the gap."""
+    close = Forms(probe=0.80, single_feature=0.85, single_index=7, dense=0.87)
+    assert close.best == "single feature" and "use the single feature 7" in close.advice()
+    assert "better" not in close.advice()
+    far = Forms(probe=0.90, single_feature=0.70, single_index=7, dense=0.95)
+    assert far.dense_gap == pytest.approx(0.05) and DENSE_MARGIN == 0.03
+    assert "use the sparse probe" in far.advice() and "dense probe is 0.050 better" in far.advice()
+
+
 def test_detect_rejects_an_unknown_probe_or_tokens_without_spans(det: Detection) -> None:
     """A probe name that does not exist, or a token probe with no spans, is a clear error."""
     args = (det.model, det.tok, det.sae, EMBED_HOOK, det.positives, det.negatives)
@@ -245,17 +272,18 @@ def test_intervene_is_reproducible(inter: Intervention) -> None:
 
 
 def test_intervene_thresholds_each_set_at_the_benign_quantile(inter: Intervention) -> None:
-    """Given benign texts, the policy's threshold is the quantile of the chosen set's Σ f over
-    their tokens (guard units), recomputed here from the activations."""
+    """Given benign texts, the policy's threshold is the quantile of the chosen set's Σ f
+    maximised over each text (guard units), recomputed here from the activations."""
     benign = inter.held_out[:6]
     result = intervene(inter.model, inter.tok, inter.sae, LAST_HOOK, inter.prompts[:6], says_z,
                        [tw.TARGET, 1], held_out=inter.held_out[:4], max_features=1,
                        methods=(("ablate", None),), max_new_tokens=6, benign=benign,
-                       benign_quantile=0.8)  # fmt: skip
+                       benign_quantile=0.2)  # fmt: skip
     assert result.features == (tw.TARGET,)
     acts = token_activations(inter.model, inter.tok, inter.sae, LAST_HOOK, benign,
                              features=[tw.TARGET])  # fmt: skip
-    expected = float(torch.quantile(torch.cat([a.acts[:, 0] for a in acts]).double(), 0.8))
+    peaks = torch.stack([a.acts[:, 0].max() for a in acts]).double()
+    expected = float(torch.quantile(peaks, 0.2))
     assert result.threshold == pytest.approx(max(0.0, expected), abs=1e-9)
     assert result.policy()["threshold"] == result.threshold
     with pytest.raises(FeatureguardError, match=r"benign_quantile must be in \(0, 1\)"):
@@ -293,7 +321,8 @@ def test_cli_detect_and_intervene(det: Detection, inter: Intervention, tmp_path:
                    str(tmp_path / "neg.txt"), "--k", "2", "--out", str(tmp_path / "d.yaml"),
                    "--sae-name", "s"])  # fmt: skip
     assert args.func is run and run(args) == 0
-    assert "[[z]]" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "[[z]]" in out and "forms: validation AUROC: sparse probe 1.000" in out
     snippet = (tmp_path / "d.yaml").read_text()
     assert _load_snippet(tmp_path, det.sae, EMBED_HOOK, snippet).policies[0].features[0].index == 3
 

@@ -13,18 +13,21 @@ import argparse
 import json
 import time
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 
+from featureguard.audit import MemorySink
 from featureguard.calibrate import calibrate, write_calibration
 from featureguard.demo import assets
 from featureguard.demo.checker import check_code
 from featureguard.demo.corpus import lean_prompts, snippets, training_documents, twins
 from featureguard.demo.lm import LMConfig, new_model, pack, save, train_lm, train_tokenizer
 from featureguard.discovery import candidate_features, detect, generate_completions, intervene
+from featureguard.guard import wrap
 from featureguard.train import SAETrainConfig, collect_activations, save_saelens, train_sae
 
 MODEL_NAME = "featureguard/demo-coder"
@@ -66,10 +69,19 @@ class BuildConfig:
     """Most features the suppress policy may name."""
     invalid_weight: float = 1.5
     """How much a broken completion counts against a feature set, next to an unsafe one."""
-    benign_quantile: float = 0.95
-    """Each feature set's threshold is this quantile of its score over benign tokens (prose and
-    safe code): the edit touches about 5% of them. At threshold 0 the layer-2 features (which in
-    guard units fire on 10% of tokens each) edited 69% of prose tokens: +0.14 nats/token."""
+    benign_quantile: float = 0.99
+    """Each feature set's threshold is this quantile of its score's maximum over each benign
+    text (prose and safe code): the edit fires in about 1% of them. At threshold 0 the layer-2
+    features (which in guard units fire on 10% of tokens each) edited 69% of prose tokens
+    (+0.14 nats/token); at the 95th percentile over tokens, 96% of greedy prose replies changed."""
+    benign_texts: int = 400
+    """Benign texts of each kind (prose, safe code) that set the suppress threshold."""
+    steer_strengths: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
+    """Multiples of each feature's max tried for the steer policy."""
+    steer_prompts: int = 200
+    """Validation neutral prompts the steer strength is chosen on."""
+    steer_max_broken: float = 0.03
+    """Largest share of broken completions the chosen strength may cause (the target is 5%)."""
     benign: int = 1000
     """Benign replies for calibration (validation split)."""
     target_rate: float = 0.02
@@ -105,6 +117,9 @@ SCALES = {
         candidates=3,
         max_features=1,
         benign=300,
+        benign_texts=20,
+        steer_strengths=(0.5,),
+        steer_prompts=6,
         target_rate=0.05,
     ),
 }
@@ -154,8 +169,10 @@ def build(
                                  severity, message)  # fmt: skip
         say(f"  {name}: {report[name]}")
 
-    say("5/5 suppress policy: features chosen by measured effect")
-    report["unsafe-code-suppress"] = _suppressor(cfg, model, tok, suppress_dir, policy_dir)
+    say("5/5 suppress and steer policies: features chosen by measured effect")
+    report["unsafe-code-suppress"], suppress = _suppressor(cfg, model, tok, suppress_dir,
+                                                           policy_dir)  # fmt: skip
+    report["unsafe-code-steer"] = _steerer(cfg, model, tok, suppress, suppress_dir, policy_dir)
     report["seconds"] = round(time.perf_counter() - started, 1)
     (out / "build-report.json").write_text(json.dumps(report, indent=2) + "\n")
     say(f"done in {report['seconds']:.0f} s; report in {out / 'build-report.json'}")
@@ -217,7 +234,8 @@ def _benign(cfg: BuildConfig, domain: str) -> list:
 
 
 def _suppressor(cfg: BuildConfig, model: Any, tok: Any, sae_dir: Path,
-                policy_dir: Path) -> dict[str, Any]:  # fmt: skip
+                policy_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:  # fmt: skip
+    """The suppress policy (written) and what its build measured."""
     n, hook = cfg.intervene_prompts, cfg.suppress_hook
     select = [p.text for p in lean_prompts("train", "unsafe", n, seed=cfg.seed)]
     held_out = [p.text for p in lean_prompts("validation", "unsafe", n, seed=cfg.seed)]
@@ -229,8 +247,9 @@ def _suppressor(cfg: BuildConfig, model: Any, tok: Any, sae_dir: Path,
     texts = [p + c for p, c in zip(ranked, completions, strict=True)]
     candidates = candidate_features(model, tok, sae_dir, hook, texts, unsafe, n=cfg.candidates)
     # Benign prose and safe code set each feature set's threshold: the edit stays conditional.
-    benign = [s.text for s in snippets("train", n, seed=cfg.seed + 5, domain="prose")]
-    benign += [a.text for a, _ in twins("train", n, seed=cfg.seed + 6, domain="code")]
+    m = cfg.benign_texts
+    benign = [s.text for s in snippets("train", m, seed=cfg.seed + 5, domain="prose")]
+    benign += [a.text for a, _ in twins("train", m, seed=cfg.seed + 6, domain="code")]
     result = intervene(model, tok, sae_dir, hook, select, check_code, candidates,
                        held_out=held_out, max_features=cfg.max_features,
                        invalid_weight=cfg.invalid_weight, benign=benign,
@@ -245,7 +264,58 @@ def _suppressor(cfg: BuildConfig, model: Any, tok: Any, sae_dir: Path,
     _write_policy(policy_dir / "unsafe-code-suppress.yaml", sae_dir, hook, [policy])
     return {"features": list(result.features), "method": result.method,
             "strength": result.strength, "held_out_baseline": result.held_out_baseline.positive,
-            "held_out": result.held_out.positive}  # fmt: skip
+            "held_out": result.held_out.positive}, policy  # fmt: skip
+
+
+STEER_DESCRIPTION = (
+    "experiment only: pushes the suppress policy's features up on every reply token, which makes "
+    "the model write unsafe code; never deploy"
+)
+
+
+def _steerer(cfg: BuildConfig, model: Any, tok: Any, suppress: dict[str, Any], sae_dir: Path,
+             policy_dir: Path) -> dict[str, Any]:  # fmt: skip
+    """The suppress policy's features pushed up instead (Anthropic's amplify experiment): each
+    feature alone and all together, at each of `steer_strengths`, measured on validation
+    neutral prompts; the one that raised the unsafe rate most while breaking at most
+    `steer_max_broken` of the completions is written. Pushing all of them at once breaks the
+    output long before one of them alone does."""
+    prompts = lean_prompts("validation", "neutral", cfg.steer_prompts, seed=cfg.seed)
+    texts = [p.text for p in prompts]
+
+    def rates(policy: dict[str, Any] | None) -> tuple[float, float]:
+        run = partial(generate_completions, model, tok, texts, max_new_tokens=64, seed=cfg.seed)
+        if policy is None:
+            outs = run()
+        else:
+            sae = {"path": str(sae_dir), "hook": cfg.suppress_hook}
+            doc = {"version": 1, "saes": {"demo": sae}, "policies": [policy]}
+            with wrap(model, doc, tokenizer=tok, audit=MemorySink()):
+                outs = run()
+        verdicts = [check_code(p, c) for p, c in zip(prompts, outs, strict=True)]
+        return verdicts.count("unsafe") / len(texts), verdicts.count("invalid") / len(texts)
+
+    def policy(features: tuple[int, ...], strength: float) -> dict[str, Any]:
+        named = [f for f in suppress["features"] if f["index"] in features]
+        return {"name": "unsafe-code-steer", "sae": "demo", "features": named,
+                "threshold": suppress["threshold"], "action": "steer", "scope": "response",
+                "steer": {"times_max": strength},
+                "description": STEER_DESCRIPTION}  # fmt: skip
+
+    every = tuple(f["index"] for f in suppress["features"])
+    sets = [(f,) for f in every] + ([every] if len(every) > 1 else [])
+    baseline = rates(None)
+    tried = {(fs, s): rates(policy(fs, s)) for fs in sets for s in cfg.steer_strengths}
+    within = [key for key, (_, broken) in tried.items() if broken <= cfg.steer_max_broken]
+    # The highest unsafe rate within the budget; else the least broken. Ties: fewer features,
+    # then the weaker push.
+    best = (max(within, key=lambda k: (tried[k][0], -len(k[0]), -k[1])) if within
+            else min(tried, key=lambda k: (tried[k][1], len(k[0]), k[1])))  # fmt: skip
+    _write_policy(policy_dir / "unsafe-code-steer.yaml", sae_dir, cfg.suppress_hook,
+                  [policy(*best)])  # fmt: skip
+    return {"features": list(best[0]), "strength": best[1], "validation_baseline": baseline,
+            "chosen": tried[best],
+            "tried": {f"{list(fs)} x{s:g}": r for (fs, s), r in tried.items()}}  # fmt: skip
 
 
 def _write_policy(path: Path, sae_dir: Path, hook: str, policies: list[dict[str, Any]]) -> Path:

@@ -10,7 +10,13 @@ calibration and for measuring trigger rates offline.
 `add_parser` and `run` (`command.py`) are the command line.
 """
 
-from featureguard.discovery.activations import Example, TokenActs, read_examples, token_activations
+from featureguard.discovery.activations import (
+    Example,
+    TokenActs,
+    hook_activations,
+    read_examples,
+    token_activations,
+)
 from featureguard.discovery.command import add_parser, run
 from featureguard.discovery.detect import (
     DetectResult,
@@ -48,6 +54,7 @@ __all__ = [
     "candidate_features",
     "detect",
     "generate_completions",
+    "hook_activations",
     "intervene",
     "policy_snippet",
     "rank_features",

@@ -5,7 +5,8 @@ guarded generation), reads the hooked activation and encodes it. It drops exactl
 the guard never scores: padding, the tokenizer's special tokens, and the model's BOS/EOS/pad.
 With `features` it computes what the guard computes (`SAE.encode_subset`: for TopK SAEs the
 pre-activation without the top-k competition), so scores and thresholds derived from it are in
-the guard's units; without it, the full `SAE.encode`.
+the guard's units; without it, the full `SAE.encode`. `hook_activations` returns the hooked
+activation itself, for dense baselines.
 
 Example files hold one example per line: plain text, or JSON Lines of
 `{"text": ..., "spans": [[start, end], ...], "prompt": ...}` (`spans`: character spans of the
@@ -27,7 +28,14 @@ from featureguard.errors import FeatureguardError
 from featureguard.hooks import resolve_hook
 from featureguard.sae import SAE, load_sae
 
-__all__ = ["Example", "TokenActs", "read_examples", "resolve_sae", "token_activations"]
+__all__ = [
+    "Example",
+    "TokenActs",
+    "hook_activations",
+    "read_examples",
+    "resolve_sae",
+    "token_activations",
+]
 
 Span = tuple[int, int]
 
@@ -92,12 +100,6 @@ class _Captured(Exception):
     """Raised from the hook to stop a forward pass once the activation is read."""
 
 
-def _hooked(model: torch.nn.Module, hook: str, sae: SAE) -> Any:
-    point = resolve_hook(model, hook)
-    point.check_width(sae.d_in, f"SAE {sae.cfg.source or sae.cfg.format}")
-    return point
-
-
 def token_activations(
     model: torch.nn.Module,
     tokenizer: Any,
@@ -114,11 +116,43 @@ def token_activations(
     hook = hook or sae.cfg.hook
     if not hook:
         raise FeatureguardError("the SAE's config names no hook point; pass hook=")
-    point = _hooked(model, hook, sae)
+    point = resolve_hook(model, hook)
+    point.check_width(sae.d_in, f"SAE {sae.cfg.source or sae.cfg.format}")
     feats = None if features is None else tuple(int(i) for i in features)
+    sae = sae.to(next(model.parameters()).device)  # encode where the activations are
+
+    def encode(x: torch.Tensor) -> torch.Tensor:
+        return sae.encode(x) if feats is None else sae.encode_subset(x, feats)
+
+    return _scored_tokens(model, tokenizer, point, texts, batch_size, encode, feats)
+
+
+def hook_activations(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    hook: str,
+    texts: Sequence[str],
+    *,
+    batch_size: int = 32,
+) -> list[TokenActs]:
+    """The hooked activation itself (no SAE) of the scored tokens of each text: what dense
+    baselines (a probe or a direction on the raw residual stream) are fitted on."""
+    point = resolve_hook(model, hook)
+    return _scored_tokens(model, tokenizer, point, texts, batch_size, lambda x: x, None)
+
+
+def _scored_tokens(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    point: Any,
+    texts: Sequence[str],
+    batch_size: int,
+    encode: Any,
+    feats: tuple[int, ...] | None,
+) -> list[TokenActs]:
+    """`encode` of the activation at `point`, for the tokens the guard scores (module docstring)."""
     special = special_ids(model, tokenizer)
     device = next(model.parameters()).device
-    sae = sae.to(device)  # encode where the activations are
     seen: list[torch.Tensor] = []
 
     def capture(x: torch.Tensor) -> None:
@@ -139,10 +173,8 @@ def token_activations(
                     )
             except _Captured:
                 pass
-            x = seen[0]  # [b, s, d]
             with torch.no_grad():
-                f = sae.encode(x) if feats is None else sae.encode_subset(x, feats)
-            f = f.float().cpu()  # [b, s, n_feat]
+                f = encode(seen[0]).float().cpu()  # [b, s, n_feat]
             ids = enc["input_ids"]
             keep = enc["attention_mask"].bool() & ~torch.isin(ids, special)  # [b, s]
             for r in range(ids.shape[0]):

@@ -70,10 +70,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     i.add_argument(
         "--benign",
         help="benign texts (text or JSONL): each feature set's threshold becomes the "
-        "--benign-quantile of its score over their tokens",
+        "--benign-quantile of its score's maximum over each text",
     )
     i.add_argument(
-        "--benign-quantile", type=float, default=0.95, help="see --benign (default 0.95)"
+        "--benign-quantile", type=float, default=0.99, help="see --benign (default 0.99)"
     )
     i.add_argument("--max-features", type=int, default=5, help="most features chosen (5)")
     i.add_argument("--held-out", type=float, default=0.3, help="fraction of prompts held out")
@@ -145,6 +145,8 @@ def _detect(args: argparse.Namespace, model: Any, tokenizer: Any) -> int:
         f"probe: {len(result.features)} features, threshold {result.threshold:.4g}, "
         f"AUROC train {result.auroc_train:.3f}, validation {val}"
     )
+    if result.forms is not None:
+        print(f"forms: {result.forms.advice()}")
     _emit(result.snippet(args.policy_name, args.sae_name, action=args.action), args.out)
     return 0
 

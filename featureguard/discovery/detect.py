@@ -15,6 +15,12 @@ A policy scores a token as Σᵢ wᵢ fᵢ and a text as the maximum over its to
   - "pooled": one row per text, each feature's maximum over it: a sequence classifier over
     per-feature maxima, which the policy's max of a weighted sum only approximates.
   On the demo's out-of-distribution code twins (docs/demo.md) "max" separated best.
+
+On the validation split `detect` also measures the other forms a policy could take and the
+strongest simple baseline (`Forms`): the single best feature, and a dense "max" probe on the
+raw activation at the same hook (every dimension, no SAE). Published work finds single SAE
+features weaker detectors than dense probes on the same labels (AxBench, SAEGuardBench), so
+the result says which form to use and warns when the dense probe is clearly better.
 """
 
 from __future__ import annotations
@@ -26,7 +32,13 @@ from typing import Any
 
 import torch
 
-from featureguard.discovery.activations import Span, TokenActs, resolve_sae, token_activations
+from featureguard.discovery.activations import (
+    Span,
+    TokenActs,
+    hook_activations,
+    resolve_sae,
+    token_activations,
+)
 from featureguard.discovery.activations import token_labels as _token_labels
 from featureguard.discovery.snippet import policy_snippet
 from featureguard.errors import FeatureguardError
@@ -36,6 +48,7 @@ from featureguard.sae import SAE
 __all__ = [
     "DetectResult",
     "FeatureStat",
+    "Forms",
     "ProbeFeature",
     "detect",
     "pooled",
@@ -49,6 +62,9 @@ PROBES = ("max", "tokens", "pooled")
 MAX_PROBE_RIDGE = 0.3
 """Ridge on the standardised weights of the "max" probe's refit: with little of it the probe
 fits the training surface forms (validation AUROC up, out-of-distribution down)."""
+DENSE_MARGIN = 0.03
+"""How far below the dense probe (validation AUROC) a policy form may fall before `Forms`
+warns: the quality scorecard's criterion (docs/benchmarks.md)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +219,49 @@ class ProbeFeature:
 
 
 @dataclass(frozen=True, slots=True)
+class Forms:
+    """Validation AUROC (policy score: max over tokens) of the forms a policy could take,
+    beside a dense probe on the raw activation, and which form to use."""
+
+    probe: float
+    """The fitted sparse probe."""
+    single_feature: float
+    """The single best feature on the training split, alone (weight 1)."""
+    single_index: int
+    """Which feature that is."""
+    dense: float
+    """A "max" probe over every dimension of the raw activation at the hook (no SAE)."""
+
+    @property
+    def best(self) -> str:
+        """Which policy form is better, "probe" or "single feature" (the probe on ties)."""
+        return "probe" if self.probe >= self.single_feature else "single feature"
+
+    @property
+    def dense_gap(self) -> float:
+        """Dense probe minus the better policy form (positive: the dense probe is better)."""
+        return self.dense - max(self.probe, self.single_feature)
+
+    def advice(self) -> str:
+        """One line: which form to use, and whether the dense probe is clearly better."""
+        form = "the sparse probe"
+        if self.best != "probe":
+            form = f"the single feature {self.single_index}"
+        line = (
+            f"validation AUROC: sparse probe {self.probe:.3f}, single feature {self.single_index} "
+            f"{self.single_feature:.3f}, dense probe on the raw activation {self.dense:.3f}; "
+            f"use {form}"
+        )
+        if self.dense_gap > DENSE_MARGIN:
+            line += (
+                f". The dense probe is {self.dense_gap:.3f} better, more than {DENSE_MARGIN}: "
+                "these SAE features miss part of the concept; add varied positives, raise k, or "
+                "try another layer's SAE"
+            )
+        return line
+
+
+@dataclass(frozen=True, slots=True)
 class DetectResult:
     """A sparse probe turned into a policy's features and threshold, with its evidence."""
 
@@ -222,6 +281,8 @@ class DetectResult:
     """(positive, negative) texts fitted on."""
     n_validation: tuple[int, int]
     """(positive, negative) texts held out."""
+    forms: Forms | None = None
+    """The policy forms beside a dense probe, on the validation split; None without one."""
 
     def snippet(self, name: str, sae_name: str, action: str = "log", **extra: Any) -> str:
         """A policy entry on these features at this threshold (see `policy_snippet`)."""
@@ -304,6 +365,17 @@ def detect(
         for f, w in zip(chosen, fitted.weights, strict=True)
     )
     shown = stats[:top]
+    forms = None
+    if p_va and n_va:
+        best = max(stats, key=lambda st: (st.auroc_seq, -st.index))
+        valid = [positives[i] for i in p_va] + [negatives[i] for i in n_va]
+        splits, at = (p_tr, n_tr, p_va, n_va), hook or sae.cfg.hook
+        forms = Forms(
+            probe=float(score(p_va, n_va)),
+            single_feature=_single_auroc(model, tokenizer, sae, hook, valid, len(p_va), best.index),
+            single_index=best.index,
+            dense=_dense_auroc(model, tokenizer, at, (positives, negatives), splits),
+        )
     return DetectResult(
         features=features,
         threshold=-fitted.bias,
@@ -315,7 +387,42 @@ def detect(
         },
         n_train=(len(p_tr), len(n_tr)),
         n_validation=(len(p_va), len(n_va)),
+        forms=forms,
     )
+
+
+def _single_auroc(
+    model: torch.nn.Module, tokenizer: Any, sae: SAE, hook: str | None, texts: list[str],
+    n_pos: int, feature: int,
+) -> float:  # fmt: skip
+    """AUROC of one feature's maximum over each text (the first `n_pos` positive), in the
+    guard's units."""
+    acts = token_activations(model, tokenizer, sae, hook, texts, features=[feature])
+    return auroc(sequence_scores(acts, [feature], [1.0]), torch.arange(len(texts)) < n_pos)
+
+
+def _dense_auroc(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    hook: str,
+    texts: tuple[Sequence[str], Sequence[str]],
+    splits: tuple[list[int], list[int], list[int], list[int]],
+) -> float:
+    """Validation AUROC of a "max" probe over every dimension of the raw activation, fitted
+    on the training split of (positives, negatives)."""
+    p_tr, n_tr, p_va, n_va = splits
+    positives, negatives = texts
+
+    def pick(p: list[int], n: list[int]) -> list[TokenActs]:
+        chosen = [positives[i] for i in p] + [negatives[i] for i in n]
+        return hook_activations(model, tokenizer, hook, chosen)
+
+    train, valid = pick(p_tr, n_tr), pick(p_va, n_va)
+    kept = [(a.acts.double(), i < len(p_tr)) for i, a in enumerate(train) if len(a.ids)]
+    probe = fit_max_probe([x for x, _ in kept], [y for _, y in kept], k=train[0].acts.shape[1],
+                          ridge=MAX_PROBE_RIDGE)  # fmt: skip
+    scores = [float(probe.decision(a.acts).max()) if len(a.ids) else probe.bias for a in valid]
+    return auroc(scores, torch.arange(len(valid)) < len(p_va))
 
 
 def _fit(

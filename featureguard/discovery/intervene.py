@@ -327,14 +327,14 @@ def _benign_scores(
     texts: Sequence[str],
     features: Sequence[int],
     batch_size: int,
-) -> torch.Tensor:
-    """[tokens, features]: the features' activations (guard units) on every benign token."""
+) -> list[torch.Tensor]:
+    """[tokens, features] per benign text: the features' activations (guard units)."""
     acts = token_activations(model, tokenizer, sae_path, hook, list(texts), features=list(features),
                              batch_size=batch_size)  # fmt: skip
-    rows = [a.acts for a in acts if len(a.ids)]
+    rows = [a.acts.double() for a in acts if len(a.ids)]
     if not rows:
         raise FeatureguardError("the benign texts have no scored token")
-    return torch.cat(rows).double()
+    return rows
 
 
 def _measure_set(
@@ -391,15 +391,17 @@ def intervene(
     invalid_weight: float = 1.0,
     batch_size: int = 32,
     benign: Sequence[str] | None = None,
-    benign_quantile: float = 0.95,
+    benign_quantile: float = 0.99,
 ) -> InterveneResult:
     """Greedy selection of suppressed features by measured effect (module docstring).
 
     With `benign` texts, each feature set's threshold is the larger of `threshold` and the
-    `benign_quantile` of the set's score (Σ f) over the benign texts' tokens, so the edit
-    touches at most about 1 − `benign_quantile` of benign tokens: in guard units a TopK SAE's
-    features fire far more broadly than in the SAE, and at threshold 0 a "conditional" edit can
-    touch most tokens of ordinary text."""
+    `benign_quantile` of the set's score (Σ f) maximised over each benign text's tokens, so the
+    edit fires anywhere in only about 1 − `benign_quantile` of benign texts. A per-token rule
+    is not enough: one edited token changes the rest of a greedy reply, and a threshold that
+    only 5% of benign tokens exceed still fires somewhere in most texts. In guard units a TopK
+    SAE's features fire far more broadly than in the SAE: at threshold 0 a "conditional" edit
+    touches most tokens of ordinary text."""
     if not 0.0 < benign_quantile < 1.0:
         raise FeatureguardError(f"benign_quantile must be in (0, 1), got {benign_quantile}")
     if not prompts or not held_out:
@@ -428,8 +430,9 @@ def intervene(
     def threshold_of(features: Sequence[int]) -> float:
         if benign_scores is None or not features:
             return threshold
-        total = benign_scores[:, [pool.index(f) for f in features]].sum(dim=1)
-        return max(threshold, float(torch.quantile(total, benign_quantile)))
+        cols = [pool.index(f) for f in features]
+        peaks = torch.stack([text[:, cols].sum(dim=1).max() for text in benign_scores])
+        return max(threshold, float(torch.quantile(peaks, benign_quantile)))
 
     def policy(features: Sequence[int], method: str, strength: float | None) -> dict:
         return _policy("intervene", "sae", features, maxes, method, strength,

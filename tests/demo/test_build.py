@@ -26,13 +26,14 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_build_writes_every_artifact(built: Path) -> None:
-    """Model, tokenizer, SAE, four policy files and a report with the measured figures."""
+    """Model, tokenizer, SAE, five policy files and a report with the measured figures."""
     assert (built / "models" / "demo-coder" / "model.safetensors").is_file()
     assert (built / "saes" / "demo-coder-res1" / "sae_weights.safetensors").is_file()
     names = sorted(p.name for p in (built / "policies" / "demo").glob("*.yaml"))
     assert names == [
         "manipulation.yaml",
         "pii.yaml",
+        "unsafe-code-steer.yaml",
         "unsafe-code-suppress.yaml",
         "unsafe-code.yaml",
     ]
@@ -40,6 +41,8 @@ def test_build_writes_every_artifact(built: Path) -> None:
     assert report["sae"]["variance_explained"] > 0.5
     for name in ("unsafe-code", "pii", "manipulation"):
         assert report[name]["benign_bound"] <= SCALES["toy"].target_rate
+    assert report["unsafe-code-steer"]["strength"] in SCALES["toy"].steer_strengths
+    assert report["unsafe-code-steer"]["features"]
 
 
 def test_shipped_saes_load_through_the_user_loader(built: Path) -> None:
@@ -60,7 +63,7 @@ def test_policies_validate_and_guard_the_model(built: Path) -> None:
     model, tok = load_model(built / "models" / "demo-coder")
     for path in sorted((built / "policies" / "demo").glob("*.yaml")):
         policies = fg.load_policies(path)
-        if path.stem != "unsafe-code-suppress":
+        if path.stem not in ("unsafe-code-suppress", "unsafe-code-steer"):
             assert policies.policies[0].calibration is not None
         prompt = lean_prompts("test", "unsafe", 1)[0].text
         with fg.wrap(model, policies, tokenizer=tok, audit=fg.MemorySink()) as guard:
