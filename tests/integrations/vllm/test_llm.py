@@ -21,6 +21,7 @@ pytest.importorskip("vllm", reason=vw.NO_VLLM)
 import featureguard as fg
 from featureguard.audit import MemorySink
 from featureguard.engine import LayerEngine
+from featureguard.guard import scored_max_new_tokens
 from featureguard.integrations.vllm import geometry
 from featureguard.integrations.vllm.config import WITHHELD_MESSAGE
 from featureguard.integrations.vllm.frontend import GuardedLLM
@@ -31,7 +32,7 @@ HIGH = 1e6  # a threshold no token reaches
 
 @pytest.fixture(scope="module")
 def policies(vworld: VWorld) -> dict[str, Any]:
-    """One file, four policies on the aimed feature; each test picks one per request."""
+    """One file, five policies on the aimed feature; each test picks one per request."""
     a = vworld.aimed
     doc = {
         "version": 1,
@@ -43,6 +44,9 @@ def policies(vworld: VWorld) -> dict[str, Any]:
             _policy(
                 "clamp", a.threshold, action="suppress", suppress={"method": "clamp", "value": 0}
             ),
+            # fires wherever the feature is active two tokens in a row, prompt and reply: runs
+            # that cross prefill chunks and the prompt's end
+            _policy("window", 0.0, action="log", window=2, scope="both"),
         ],
         "audit": {"path": str(vworld.tmp / "audit.jsonl")},
     }
@@ -50,7 +54,7 @@ def policies(vworld: VWorld) -> dict[str, Any]:
 
 
 def _policy(name: str, threshold: float, **rest: object) -> dict[str, object]:
-    feature = {"index": tw.TARGET, "label": "chosen token", "max": threshold * 2}
+    feature = {"index": tw.TARGET, "label": "chosen token", "max": threshold * 2 or 1.0}
     return {"name": name, "sae": "s", "features": [feature], "threshold": threshold, **rest}
 
 
@@ -255,3 +259,36 @@ def test_status_names_the_policies(guarded: GuardedLLM, policies: dict[str, Any]
         "in_flight": 0,
         "sentinel": vw.SENTINEL,
     }
+
+
+def test_windows_and_scopes_match_the_library(guarded: GuardedLLM, vworld: VWorld) -> None:
+    """A two-token window over prompt and reply fires on exactly the tokens as the library on
+    transformers: window runs carry across prefill chunks, from the prompt into the reply, and
+    from step to step."""
+    _, ids = run(guarded, vworld, "window", "window")
+    fired: dict[str, list[tuple[int, str]]] = {}
+    for r in audit_records(vworld, ids):
+        if r["event"] == "policy_triggered":
+            fired.setdefault(r["request_id"], []).append((r["token_index"], r["scope"]))
+    doc = {
+        "version": 1,
+        "saes": {"s": {"path": str(vworld.aimed.sae_dir), "hook": vw.HOOK}},
+        "policies": [_policy("window", 0.0, action="log", window=2, scope="both")],
+    }
+    with fg.wrap(vworld.model, doc, tokenizer=vworld.tokenizer, audit=MemorySink()) as guard:
+        for rid, prompt in zip(ids, vworld.prompts, strict=True):
+            x = torch.tensor([prompt])
+            with torch.no_grad():
+                guard.model.generate(
+                    input_ids=x,
+                    attention_mask=torch.ones_like(x),
+                    max_new_tokens=scored_max_new_tokens(vw.MAX_TOKENS),
+                    do_sample=False,
+                )
+            library = [
+                (t.token_index, "prompt" if t.in_prompt else "response")
+                for t in guard.last[0].triggers
+            ]
+            assert fired.get(rid, []) == library, rid
+    assert sum(map(len, fired.values())) > 4, "the window policy must fire for this to mean much"
+    assert {scope for hits in fired.values() for _, scope in hits} == {"prompt", "response"}
