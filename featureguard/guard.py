@@ -480,6 +480,8 @@ def _with_scored_last(kwargs: dict) -> dict:
 
 
 def special_ids(model: torch.nn.Module, tokenizer: Any) -> torch.Tensor:
+    """Token ids a guard never scores: the tokenizer's special tokens and the model config's
+    BOS, EOS and padding ids."""
     ids: set[int] = set()
     if tokenizer is not None:
         ids.update(int(i) for i in tokenizer.all_special_ids)
@@ -492,6 +494,7 @@ def special_ids(model: torch.nn.Module, tokenizer: Any) -> torch.Tensor:
 
 
 def eos_id(model: torch.nn.Module, tokenizer: Any) -> int | None:
+    """The end-of-sequence id (the model's generation config, else the tokenizer's), or None."""
     gen = getattr(model, "generation_config", None)
     eos = getattr(gen, "eos_token_id", None)
     if eos is None and tokenizer is not None:
@@ -502,6 +505,7 @@ def eos_id(model: torch.nn.Module, tokenizer: Any) -> int | None:
 
 
 def open_audit(policies: PolicySet, audit: AuditTarget | None) -> AuditLog:
+    """The audit log a policy set asks for, or `audit` instead (a path or a sink)."""
     target = audit if audit is not None else policies.audit.path
     if isinstance(target, JsonlSink | MemorySink):
         sink: JsonlSink | MemorySink = target

@@ -27,7 +27,7 @@ from featureguard.integrations.vllm.config import (
 )
 from featureguard.integrations.vllm.frontend import engine_kwargs, guarded_params, release
 from featureguard.integrations.vllm.geometry import Span
-from featureguard.integrations.vllm.serve import _Rewrite
+from featureguard.integrations.vllm.serve import GuardMiddleware, _Rewrite
 
 SENTINEL = 63
 
@@ -216,3 +216,74 @@ def test_whole_responses_are_rewritten_with_their_length() -> None:
         ("cd", "length"),
     ]
     assert dict(sent[0]["headers"])[b"content-length"] == str(len(sent[1]["body"])).encode()
+
+
+def test_middleware_adds_guard_settings_and_refuses_a_duplicate_id() -> None:
+    """A request goes on with its audit id, policy selection and the sentinel stop token; the
+    same X-Request-ID while it is in flight gets 409; the audit is flushed at the end."""
+    seen: list[dict[str, Any]] = []
+    flushed: list[Any] = []
+    release_first = asyncio.Event()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        seen.append(json.loads((await receive())["body"]))
+        await release_first.wait()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/json")],
+            }
+        )
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    async def collective_rpc(method: str, args: tuple) -> None:
+        flushed.append((method, args))
+
+    state = SimpleNamespace(
+        vllm_config=SimpleNamespace(
+            additional_config=AdapterConfig(policies="/p.yaml", sentinel=SENTINEL).to_additional()
+        ),
+        engine_client=SimpleNamespace(collective_rpc=collective_rpc),
+    )
+    middleware = GuardMiddleware(app)
+
+    async def call(sent: list[dict[str, Any]]) -> None:
+        body = json.dumps({"prompt": "x", "stop_token_ids": [7]}).encode()
+        scope = {
+            "type": "http",
+            "method": "POST",
+            "path": "/v1/completions",
+            "app": SimpleNamespace(state=state),
+            "headers": [(b"x-request-id", b"r-9"), (b"x-featureguard-policies", b"a,b")],
+        }
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        await middleware(scope, receive, send)
+
+    async def both() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        first: list[dict[str, Any]] = []
+        second: list[dict[str, Any]] = []
+        running = asyncio.create_task(call(first))
+        while not seen:
+            await asyncio.sleep(0)
+        await call(second)
+        release_first.set()
+        await running
+        return first, second
+
+    first, second = asyncio.run(both())
+    assert seen == [
+        {
+            "prompt": "x",
+            "stop_token_ids": [7, SENTINEL],
+            "vllm_xargs": {REQUEST_ID_ARG: "r-9", POLICIES_ARG: "a,b"},
+        }
+    ]
+    assert first[0]["status"] == 200 and second[0]["status"] == 409
+    assert flushed == [("fg_finish", (["r-9"],))]
