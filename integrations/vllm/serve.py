@@ -40,7 +40,10 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 class GuardMiddleware:
-    """Per-request guard settings in, `content_filter` and held-back tokens out (see above)."""
+    """Per-request guard settings in, `content_filter` and held-back tokens out (see above).
+
+    On vLLM's own server it reads the sentinel from, and finishes requests through, the app's
+    engine; other servers (`ray_serve.RayGuardMiddleware`) override `sentinel` and `finish`."""
 
     def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
         self.app = app
@@ -53,8 +56,7 @@ class GuardMiddleware:
             or scope["path"] not in GUARDED_PATHS
         ):
             return await self.app(scope, receive, send)
-        state = scope["app"].state
-        sentinel = AdapterConfig.from_additional(state.vllm_config.additional_config).sentinel
+        sentinel = self.sentinel(scope)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         given = headers.get("x-request-id", "")
         audit_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
@@ -77,8 +79,17 @@ class GuardMiddleware:
                 scope, _replay(json.dumps(request).encode(), receive), rewrite.wrap(send)
             )
         finally:
-            await state.engine_client.collective_rpc("fg_finish", args=([audit_id],))
+            await self.finish(scope, audit_id)
             self.in_flight.discard(audit_id)
+
+    def sentinel(self, scope: Scope) -> int:
+        """The engine's sentinel token id (from vLLM's `additional_config`)."""
+        config = scope["app"].state.vllm_config.additional_config
+        return AdapterConfig.from_additional(config).sentinel
+
+    async def finish(self, scope: Scope, audit_id: str) -> None:
+        """Have the workers write the request's audit records now (`fg_finish`)."""
+        await scope["app"].state.engine_client.collective_rpc("fg_finish", args=([audit_id],))
 
 
 class _Rewrite:
