@@ -58,7 +58,7 @@ class Guard:
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._points: list[HookPoint] = []  # where the layers' hooks sit, for `_stop_after_hooks`
         self._lock = threading.Lock()  # one guarded generation at a time per model
-        self._special = _special_ids(model, tokenizer)
+        self._special = special_ids(model, tokenizer)
         self._attached = False
         self._owns_sink = False  # set by wrap() when it opened the audit file itself
         spec = policies.audit.trace
@@ -88,44 +88,8 @@ class Guard:
         self._attached = True
 
     def _attach_sae(self, name: str, policies: list[Policy]) -> None:
-        spec = self.policies.saes[name]
-        features = sorted({f.index for p in policies for f in p.features})
-        header = load_sae(spec.path, features=[])  # config and shapes only
-        bad = [
-            f.where.problem(
-                f"feature index {f.index} >= d_sae {header.d_sae} of SAE '{name}'", "index"
-            )
-            for p in policies
-            for f in p.features
-            if f.index >= header.d_sae
-        ]
-        if bad:
-            raise PolicyError(bad)
-        hook_name = spec.hook or header.cfg.hook
-        if not hook_name:
-            raise PolicyError([spec.where.problem("the SAE's config names no hook; set 'hook'")])
-        try:
-            point = resolve_hook(self.model, hook_name)
-        except HookError as exc:
-            raise HookError(str(spec.where.problem(str(exc), "hook"))) from exc
-        what = f"SAE '{name}' ({spec.path})"
-        try:
-            point.check_width(header.d_in, what)
-        except PairingError as exc:
-            raise PairingError(str(spec.where.problem(str(exc)))) from exc
-        check_model_name(self.model, header.cfg.model_name, what)
-        param = next(point.module.parameters(), None)
-        if param is None:  # a parameter-free module: use the model's placement
-            param = next(self.model.parameters())
-        engine = LayerEngine(
-            sae_name=name,
-            hook=hook_name,
-            # a topk trace encodes every feature: load them all
-            sae=load_sae(spec.path, features=None if self._trace_topk else features),
-            policies=policies,
-            device=param.device,
-            dtype=param.dtype,
-            trace_topk=self._trace_topk,
+        point, engine = compile_layer(
+            self.model, self.policies, name, policies, trace_topk=self._trace_topk
         )
         self.layers.append(engine)
         self._handles.append(point.attach(lambda x, engine=engine: self._on_layer(engine, x)))
@@ -218,7 +182,7 @@ class Guard:
             kwargs["stopping_criteria"] = StoppingCriteriaList(
                 [*(kwargs.get("stopping_criteria") or []), _StopBlocked(state)]
             )
-            eos = _eos_id(self.model, self.tokenizer)
+            eos = eos_id(self.model, self.tokenizer)
             if eos is not None:
                 kwargs["logits_processor"] = LogitsProcessorList(
                     [*(kwargs.get("logits_processor") or []), _ForceEOS(state, eos)]
@@ -436,6 +400,57 @@ class _ForceEOS(LogitsProcessor):
         return torch.where(self.state.blocked.to(scores.device)[:, None], forced, scores)
 
 
+def compile_layer(
+    model: torch.nn.Module,
+    policies: PolicySet,
+    name: str,
+    chosen: list[Policy],
+    *,
+    trace_topk: int = 0,
+) -> tuple[HookPoint, LayerEngine]:
+    """SAE `name` of `policies` checked against `model`, and the `chosen` policies on it compiled:
+    where its hook sits and the engine to run there. `Guard` and the engine adapters
+    (`featureguard.integrations.vllm`) both attach what this returns. `trace_topk` > 0 loads every
+    feature (a `topk` trace encodes them all)."""
+    spec = policies.saes[name]
+    features = sorted({f.index for p in chosen for f in p.features})
+    header = load_sae(spec.path, features=[])  # config and shapes only
+    bad = [
+        f.where.problem(f"feature index {f.index} >= d_sae {header.d_sae} of SAE '{name}'", "index")
+        for p in chosen
+        for f in p.features
+        if f.index >= header.d_sae
+    ]
+    if bad:
+        raise PolicyError(bad)
+    hook_name = spec.hook or header.cfg.hook
+    if not hook_name:
+        raise PolicyError([spec.where.problem("the SAE's config names no hook; set 'hook'")])
+    try:
+        point = resolve_hook(model, hook_name)
+    except HookError as exc:
+        raise HookError(str(spec.where.problem(str(exc), "hook"))) from exc
+    what = f"SAE '{name}' ({spec.path})"
+    try:
+        point.check_width(header.d_in, what)
+    except PairingError as exc:
+        raise PairingError(str(spec.where.problem(str(exc)))) from exc
+    check_model_name(model, header.cfg.model_name, what)
+    param = next(point.module.parameters(), None)
+    if param is None:  # a parameter-free module: use the model's placement
+        param = next(model.parameters())
+    engine = LayerEngine(
+        sae_name=name,
+        hook=hook_name,
+        sae=load_sae(spec.path, features=None if trace_topk else features),
+        policies=chosen,
+        device=param.device,
+        dtype=param.dtype,
+        trace_topk=trace_topk,
+    )
+    return point, engine
+
+
 def encode_prompts(
     tokenizer: Any, prompts: str | Sequence[str], device: torch.device
 ) -> dict[str, torch.Tensor]:
@@ -464,7 +479,9 @@ def _with_scored_last(kwargs: dict) -> dict:
     return kwargs
 
 
-def _special_ids(model: torch.nn.Module, tokenizer: Any) -> torch.Tensor:
+def special_ids(model: torch.nn.Module, tokenizer: Any) -> torch.Tensor:
+    """Token ids a guard never scores: the tokenizer's special tokens and the model config's
+    BOS, EOS and padding ids."""
     ids: set[int] = set()
     if tokenizer is not None:
         ids.update(int(i) for i in tokenizer.all_special_ids)
@@ -476,7 +493,8 @@ def _special_ids(model: torch.nn.Module, tokenizer: Any) -> torch.Tensor:
     return torch.tensor(sorted(ids), dtype=torch.long)
 
 
-def _eos_id(model: torch.nn.Module, tokenizer: Any) -> int | None:
+def eos_id(model: torch.nn.Module, tokenizer: Any) -> int | None:
+    """The end-of-sequence id (the model's generation config, else the tokenizer's), or None."""
     gen = getattr(model, "generation_config", None)
     eos = getattr(gen, "eos_token_id", None)
     if eos is None and tokenizer is not None:
@@ -486,7 +504,8 @@ def _eos_id(model: torch.nn.Module, tokenizer: Any) -> int | None:
     return None if eos is None else int(eos)
 
 
-def _open_audit(policies: PolicySet, audit: AuditTarget | None) -> AuditLog:
+def open_audit(policies: PolicySet, audit: AuditTarget | None) -> AuditLog:
+    """The audit log a policy set asks for, or `audit` instead (a path or a sink)."""
     target = audit if audit is not None else policies.audit.path
     if isinstance(target, JsonlSink | MemorySink):
         sink: JsonlSink | MemorySink = target
@@ -516,7 +535,7 @@ def wrap(
         raise GuardError(f"{type(model).__name__} has no generate(); wrap a *ForCausalLM model")
     if "generate" in vars(model):
         raise GuardError("this model is already wrapped: detach() the other guard first")
-    guard = Guard(model, policy_set, tokenizer, _open_audit(policy_set, audit))
+    guard = Guard(model, policy_set, tokenizer, open_audit(policy_set, audit))
     guard._owns_sink = not isinstance(audit, JsonlSink | MemorySink)
     try:
         guard._attach()

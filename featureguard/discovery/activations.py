@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from featureguard.errors import FeatureguardError
+from featureguard.guard import special_ids
 from featureguard.hooks import resolve_hook
 from featureguard.sae import SAE, load_sae
 
@@ -82,18 +83,6 @@ def resolve_sae(sae: SAE | str | os.PathLike, features: Sequence[int] | None = N
     if isinstance(sae, SAE):
         return sae
     return load_sae(sae, features=None if features is None else sorted(set(features)))
-
-
-def special_ids(model: torch.nn.Module, tokenizer: Any) -> torch.Tensor:
-    """Token ids the guard never scores: the tokenizer's special ids, the model's BOS/EOS/pad."""
-    ids = {int(i) for i in getattr(tokenizer, "all_special_ids", [])}
-    cfg = getattr(model, "config", None)
-    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
-        value = getattr(cfg, key, None)
-        ids.update(
-            int(v) for v in (value if isinstance(value, list | tuple) else [value]) if v is not None
-        )
-    return torch.tensor(sorted(ids), dtype=torch.long)
 
 
 class _Captured(Exception):

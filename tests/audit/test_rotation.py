@@ -280,15 +280,15 @@ def test_guard_builds_the_sink_from_the_policy_file(tmp_path: Path) -> None:
     """The guard's JsonlSink takes fsync and rotate from the policy file's audit section."""
     from policy_cases import BASE
 
-    from featureguard.guard import _open_audit
+    from featureguard.guard import open_audit
     from featureguard.policy import load_policies_text
 
     text = BASE + "audit:\n  fsync: record\n  rotate: {max_bytes: 4096, max_seconds: 30}\n"
-    log = _open_audit(load_policies_text(text), tmp_path / "audit.jsonl")
+    log = open_audit(load_policies_text(text), tmp_path / "audit.jsonl")
     sink = log.sink
     assert isinstance(sink, JsonlSink)
     assert (sink.fsync, sink.max_bytes, sink.max_seconds) == ("record", 4096, 30.0)
     sink.close()
-    default = _open_audit(load_policies_text(BASE), tmp_path / "b.jsonl").sink
+    default = open_audit(load_policies_text(BASE), tmp_path / "b.jsonl").sink
     assert (default.fsync, default.max_bytes, default.max_seconds) == ("request", None, None)
     default.close()
