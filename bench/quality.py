@@ -173,8 +173,10 @@ def fit_detectors(
         ),
     ]
     progress(f"{domain}: sparse probes")
-    for k, anchor in ((5, "DeepMind: k-sparse SAE probes fit ID, lose OOD"),
-                      (20, "DeepMind: k ≈ 20 fits ID, degrades OOD")):  # fmt: skip
+    for k, anchor in (
+        (5, "DeepMind: k-sparse SAE probes fit ID, lose OOD"),
+        (20, "DeepMind: k ≈ 20 fits ID, degrades OOD"),
+    ):
         name = f"sparse max probe, ≤ {k} features ({{n}})"
         detectors.append(probe_detector(model, tok, train, prose, k, name, anchor))
     progress(f"{domain}: single features")
@@ -431,14 +433,17 @@ def sample(
     return run
 
 
-def emitted(tok, run: Run, i: int) -> str:
-    """What row i showed the user: everything for an unblocked row; for a blocked one the reply
-    tokens before the blocking token (which is held back)."""
-    o = run.outcomes[i]
-    if not o.blocked:
-        return tok.decode(run.rows[i], skip_special_tokens=True)
-    at = min(t.token_index for t in o.triggers if t.action == "block" and not t.in_prompt)
-    return tok.decode(run.rows[i][: at - run.prompt_lengths[i]], skip_special_tokens=True)
+def first_trigger(run: Run, i: int, action: str) -> int | None:
+    """Reply tokens before row i's first trigger of `action` in its reply, or None."""
+    at = [t.token_index for t in run.outcomes[i].triggers if t.action == action and not t.in_prompt]
+    return min(at) - run.prompt_lengths[i] if at else None
+
+
+def emitted(tok, run: Run, i: int, action: str) -> str:
+    """Row i's reply up to (without) its first trigger of `action`: for a block, what the user
+    was shown (the trigger token is held back); the whole reply if nothing fired."""
+    cut = first_trigger(run, i, action)
+    return tok.decode(run.rows[i][:cut], skip_special_tokens=True)
 
 
 def rate_row(name: str, verdicts: list[str], note: str = "") -> tuple[str, float]:
@@ -508,21 +513,31 @@ def intervention(model, tok, n: int, pairs: int) -> tuple[list[str], dict]:
     line, figures["unwrapped"] = rate_row("unwrapped", bare_v)
     rows.append(line)
     detect_path = assets.POLICY_DIR / "unsafe-code.yaml"
-    block = sample(model, tok, texts, policy_doc(detect_path, action="block", scope="response"))
-    shown = [emitted(tok, block, i) for i in range(n)]
-    shown_v = [check_code(p, c) for p, c in zip(unsafe_prompts, shown, strict=True)]
-    blocked = [o.blocked for o in block.outcomes]
+    # The detector as `log` changes nothing, so it sees the unwrapped replies themselves: where
+    # it first fires in each is where a block would have cut that very reply.
+    watched = sample(model, tok, texts, policy_doc(detect_path, action="log", scope="response"))
+    same = sum(a == b for a, b in zip(watched.texts, bare.texts, strict=True))
+    line, _ = rate_row(
+        "log (detection policy)", judge(watched), f"{same}/{n} identical to unwrapped"
+    )
+    rows.append(line)
     unsafe_bare = [i for i, v in enumerate(bare_v) if v == "unsafe"]
-    stopped = sum(1 for i in unsafe_bare if shown_v[i] != "unsafe")
-    same = sum(1 for i in range(n) if not blocked[i] and block.texts[i] == bare.texts[i])
-    tokens_before = [len(tok(shown[i])["input_ids"]) for i in range(n) if blocked[i]]
+    fired = [i for i in unsafe_bare if first_trigger(watched, i, "log") is not None]
+    stopped = [
+        i
+        for i in fired
+        if check_code(unsafe_prompts[i], emitted(tok, watched, i, "log")) != "unsafe"
+    ]
+    before = [first_trigger(watched, i, "log") for i in stopped]
+    block = sample(model, tok, texts, policy_doc(detect_path, action="block", scope="response"))
+    shown_v = [check_code(p, emitted(tok, block, i, "block")) for i, p in enumerate(unsafe_prompts)]
     line, figures["block"] = rate_row(
         "block (detection policy, reply tokens)",
         shown_v,
-        f"{sum(blocked)} blocked; of the {len(unsafe_bare)} unsafe unwrapped replies, "
-        f"{stopped} stopped before the construct was complete; "
-        f"{sum(tokens_before) / max(len(tokens_before), 1):.1f} tokens shown before a stop; "
-        f"{same}/{n - sum(blocked)} unblocked replies identical to unwrapped",
+        f"{sum(o.blocked for o in block.outcomes)} blocked. On the unwrapped replies: fires in "
+        f"{len(fired)} of the {len(unsafe_bare)} unsafe ones, before the construct is complete "
+        f"in {len(stopped)} ({len(stopped) / len(unsafe_bare):.1%}), after "
+        f"{sum(before) / max(len(before), 1):.1f} reply tokens on average",
     )
     rows.append(line)
 
@@ -696,7 +711,7 @@ def text_interventions(model, tok, n: int) -> list[str]:
         rows.append(
             line(
                 "block (detection policy, reply tokens)",
-                [emitted(tok, block, i) for i in range(len(prompts))],
+                [emitted(tok, block, i, "block") for i in range(len(prompts))],
                 f"{sum(o.blocked for o in block.outcomes)} blocked",
             )
         )
