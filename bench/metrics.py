@@ -22,6 +22,20 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def share(k: int, n: int) -> str:
+    """`k/n (p [lo, hi])`: a count, its share and the share's Wilson 95% interval."""
+    lo, hi = wilson(k, n)
+    return f"{k}/{n} ({k / n:.3f} [{lo:.3f}, {hi:.3f}])"
+
+
+def rate_ratio(a: int, n1: int, b: int, n2: int, z: float = 1.96) -> tuple[float, float, float]:
+    """(a/n1) / (b/n2) and its 95% interval (Katz's log method; 0.5 added to empty cells)."""
+    a_, b_ = max(a, 0.5), max(b, 0.5)
+    ratio = (a_ / n1) / (b_ / n2)
+    half = z * math.sqrt(1 / a_ - 1 / n1 + 1 / b_ - 1 / n2)
+    return ratio, ratio * math.exp(-half), ratio * math.exp(half)
+
+
 def tpr_at_fpr(scores: torch.Tensor, labels: torch.Tensor, fpr: float = 0.01) -> float:
     """Share of positives above the threshold that at most `fpr` of the negatives exceed."""
     neg = scores[~labels].sort(descending=True).values

@@ -43,6 +43,8 @@ from metrics import (
     auprc_at_prevalence,
     bootstrap,
     per_token,
+    rate_ratio,
+    share,
     teacher_forced,
     token_bootstrap,
     tpr_at_fpr,
@@ -534,9 +536,9 @@ def intervention(model, tok, n: int, pairs: int) -> tuple[list[str], dict]:
     line, figures["block"] = rate_row(
         "block (detection policy, reply tokens)",
         shown_v,
-        f"{sum(o.blocked for o in block.outcomes)} blocked. On the unwrapped replies: fires in "
-        f"{len(fired)} of the {len(unsafe_bare)} unsafe ones, before the construct is complete "
-        f"in {len(stopped)} ({len(stopped) / len(unsafe_bare):.1%}), after "
+        f"{sum(o.blocked for o in block.outcomes)} blocked. On the unsafe unwrapped replies it "
+        f"fires in {share(len(fired), len(unsafe_bare))}, before the construct is complete in "
+        f"{share(len(stopped), len(unsafe_bare))}, after "
         f"{sum(before) / max(len(before), 1):.1f} reply tokens on average",
     )
     rows.append(line)
@@ -651,20 +653,14 @@ def intervention(model, tok, n: int, pairs: int) -> tuple[list[str], dict]:
     progress("intervention: steering")
     neutral = lean_prompts("test", "neutral", n, seed=22)
     rows += ["", "#### Unsafe code: steering on held-out neutral prompts, T = 0.8", "", *header]
-    line, base = rate_row(
-        "unwrapped", judge(sample(model, tok, [p.text for p in neutral]), neutral)
-    )
-    rows.append(line)
+    plain = judge(sample(model, tok, [p.text for p in neutral]), neutral)
+    rows.append(rate_row("unwrapped", plain)[0])
     for label, doc in steer_conditions().values():
         v = judge(sample(model, tok, [p.text for p in neutral], doc), neutral)
-        line, _ = rate_row(label, v, f"{steered_ratio(v, base):.2f}× the unwrapped rate")
-        rows.append(line)
+        ratio, lo, hi = rate_ratio(v.count("unsafe"), len(v), plain.count("unsafe"), len(plain))
+        rows.append(rate_row(label, v, f"{ratio:.2f}× [{lo:.2f}, {hi:.2f}] the unwrapped rate")[0])
     rows += ["", *text_interventions(model, tok, n)]
     return rows, figures
-
-
-def steered_ratio(verdicts: list[str], base: float) -> float:
-    return verdicts.count("unsafe") / len(verdicts) / max(base, 1e-9)
 
 
 def text_prompts(domain: str, n: int) -> list[str]:
@@ -813,17 +809,18 @@ def cost(model, tok, n: int, reps: int) -> tuple[list[str], dict]:
     benign = {"prose": prose_prompts(n), "safe code": [p.text for p in safe_prompts]}
     greedy = {k: sample(model, tok, v, temperature=0).texts for k, v in benign.items()}
 
-    def valid(replies: list[str]) -> float:
+    def valid(replies: list[str]) -> str:
         ok = sum(check_code(p, c) != "invalid" for p, c in zip(safe_prompts, replies, strict=True))
-        return ok / n
+        lo, hi = wilson_interval(ok, n)
+        return f"{ok / n:.3f} [{lo:.3f}, {hi:.3f}]"
 
     rows += [
         "#### Greedy replies to benign prompts (prose halves, safe-leaning code prompts)",
         "",
         "| condition | prose replies altered [95% CI] | safe-code replies altered [95% CI] "
-        "| safe-code replies valid | n per set |",
+        "| safe-code replies valid [95% CI] | n per set |",
         "| --- | --- | --- | --- | --- |",
-        f"| unwrapped | — | — | {valid(greedy['safe code']):.3f} | {n} |",
+        f"| unwrapped | — | — | {valid(greedy['safe code'])} | {n} |",
     ]
     block = policy_doc(assets.POLICY_DIR / "unsafe-code.yaml", action="block", scope="response")
     for key, (name, doc) in {**conditions, "block": ("block (detection policy)", block)}.items():
@@ -835,7 +832,7 @@ def cost(model, tok, n: int, reps: int) -> tuple[list[str], dict]:
             lo, hi = wilson_interval(altered, n)
             cells.append(f"{altered / n:.3f} [{lo:.3f}, {hi:.3f}]")
             figures[key, kind, "altered"] = altered / n
-        rows.append(f"| {name} | {' | '.join(cells)} | {valid(replies['safe code']):.3f} | {n} |")
+        rows.append(f"| {name} | {' | '.join(cells)} | {valid(replies['safe code'])} | {n} |")
     return rows, figures
 
 
