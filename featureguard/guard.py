@@ -67,12 +67,16 @@ class Guard:
 
     # ---- attach / detach ---------------------------------------------------------------------
     def _attach(self) -> None:
-        by_sae: dict[str, list[Policy]] = {}
-        for p in self.policies.policies:
-            by_sae.setdefault(p.sae, []).append(p)
+        layers = compile_layers(
+            self.model, self.policies, self.policies.policies, trace_topk=self._trace_topk
+        )
         try:
-            for name, policies in by_sae.items():
-                self._attach_sae(name, policies)
+            for point, engine in layers:
+                self.layers.append(engine)
+                self._handles.append(
+                    point.attach(lambda x, engine=engine: self._on_layer(engine, x))
+                )
+                self._points.append(point)
             self._handles.append(
                 self.model.register_forward_pre_hook(self._before_forward, with_kwargs=True)
             )
@@ -86,14 +90,6 @@ class Guard:
 
         self.model.generate = generate
         self._attached = True
-
-    def _attach_sae(self, name: str, policies: list[Policy]) -> None:
-        point, engine = compile_layer(
-            self.model, self.policies, name, policies, trace_topk=self._trace_topk
-        )
-        self.layers.append(engine)
-        self._handles.append(point.attach(lambda x, engine=engine: self._on_layer(engine, x)))
-        self._points.append(point)
 
     def detach(self) -> None:
         """Remove every hook and restore `model.generate`: the model is exactly as before."""
@@ -400,18 +396,28 @@ class _ForceEOS(LogitsProcessor):
         return torch.where(self.state.blocked.to(scores.device)[:, None], forced, scores)
 
 
-def compile_layer(
+def compile_layers(
     model: torch.nn.Module,
     policies: PolicySet,
-    name: str,
-    chosen: list[Policy],
+    chosen: Sequence[Policy],
     *,
     trace_topk: int = 0,
+) -> list[tuple[HookPoint, LayerEngine]]:
+    """The `chosen` policies of `policies` compiled against `model`, one engine per SAE they
+    use (in file order), each with the hook point it runs at. `Guard` and the engine adapters
+    (`featureguard.integrations.vllm`) both attach what this returns. `trace_topk` > 0 loads
+    every feature (a `topk` trace encodes them all)."""
+    by_sae: dict[str, list[Policy]] = {}
+    for p in chosen:
+        by_sae.setdefault(p.sae, []).append(p)
+    return [_compile_layer(model, policies, sae, ps, trace_topk) for sae, ps in by_sae.items()]
+
+
+def _compile_layer(
+    model: torch.nn.Module, policies: PolicySet, name: str, chosen: list[Policy], trace_topk: int
 ) -> tuple[HookPoint, LayerEngine]:
-    """SAE `name` of `policies` checked against `model`, and the `chosen` policies on it compiled:
-    where its hook sits and the engine to run there. `Guard` and the engine adapters
-    (`featureguard.integrations.vllm`) both attach what this returns. `trace_topk` > 0 loads every
-    feature (a `topk` trace encodes them all)."""
+    """SAE `name` of `policies` checked against `model`, and the `chosen` policies on it
+    compiled: where its hook sits and the engine to run there."""
     spec = policies.saes[name]
     features = sorted({f.index for p in chosen for f in p.features})
     header = load_sae(spec.path, features=[])  # config and shapes only

@@ -31,7 +31,7 @@ import torch
 from featureguard.audit.trace import TraceWriter
 from featureguard.engine import GenerationState, LayerEngine, StepContext, StepRecord
 from featureguard.errors import HookError
-from featureguard.guard import CLOSED_MESSAGE, compile_layer, eos_id, open_audit, special_ids
+from featureguard.guard import CLOSED_MESSAGE, compile_layers, eos_id, open_audit, special_ids
 from featureguard.integrations.vllm import geometry
 from featureguard.integrations.vllm.config import (
     REQUEST_ID_ARG,
@@ -60,12 +60,21 @@ class _Request:
 
 
 @dataclass(slots=True)
+class _Group:
+    """Equally long spans of one policy selection and phase: one engine call per hooked layer.
+    Built once per step, not once per layer."""
+
+    spans: list[geometry.Span]
+    rows: torch.Tensor  # [r * n] long: the step's flattened rows, span after span
+    valid: torch.Tensor  # [r, n] bool: tokens to score (not special tokens)
+
+
+@dataclass(slots=True)
 class _Step:
     """The current forward pass: its labelled rows, grouped for the engine."""
 
     requests: list[str]
-    valid: torch.Tensor  # [rows] bool: tokens to score (not special tokens)
-    groups: dict[tuple[Selection, bool, int], list[geometry.Span]]
+    groups: dict[tuple[Selection, bool, int], _Group]
 
 
 class GuardRuntime:
@@ -131,12 +140,17 @@ class GuardRuntime:
         spans = geometry.step_spans(self.runner, scheduled, positions, lens)
         total = scheduled.total_num_scheduled_tokens
         valid = ~torch.isin(ids[:total], self._special)  # [rows]
-        groups: dict[tuple[Selection, bool, int], list[geometry.Span]] = {}
+        by_key: dict[tuple[Selection, bool, int], list[geometry.Span]] = {}
         for span in spans:
             req = self.requests[span.request]
             self._advance(req, span, valid)
-            groups.setdefault((req.selection, span.is_prompt, span.count), []).append(span)
-        return _Step(list(scheduled.num_scheduled_tokens), valid, groups)
+            by_key.setdefault((req.selection, span.is_prompt, span.count), []).append(span)
+        groups = {}
+        for (selection, is_prompt, n), group in by_key.items():
+            starts = torch.tensor([s.start for s in group], device=valid.device)
+            rows = (starts[:, None] + torch.arange(n, device=valid.device)).reshape(-1)
+            groups[selection, is_prompt, n] = _Group(group, rows, valid[rows].view(len(group), n))
+        return _Step(list(scheduled.num_scheduled_tokens), groups)
 
     def _register(self, rid: str) -> _Request:
         info = geometry.request_info(self.runner, rid)
@@ -175,15 +189,15 @@ class GuardRuntime:
             hidden, residual = output
             x = hidden + residual  # [rows, d]: the residual stream after this layer
             edited = hidden
-            for (selection, is_prompt, n), spans in step.groups.items():
+            for (selection, is_prompt, _), group in step.groups.items():
                 engine = self._engines_for(selection).get(module)
                 if engine is None:
                     continue
                 try:
-                    edited = self._score(engine, x, hidden, edited, spans, is_prompt, n, step)
+                    edited = self._score(engine, x, hidden, edited, group, is_prompt)
                 except Exception as exc:
-                    self._fail([s.request for s in spans], f"{engine.sae_name}@{engine.hook}: "
-                                                           f"{_what(exc)}")  # fmt: skip
+                    self._fail([s.request for s in group.spans],
+                               f"{engine.sae_name}@{engine.hook}: {_what(exc)}")  # fmt: skip
             return None if edited is hidden else (edited, residual)
         except Exception as exc:
             self._fail(step.requests, f"decoder-layer hook: {_what(exc)}")
@@ -195,19 +209,16 @@ class GuardRuntime:
         x: torch.Tensor,
         hidden: torch.Tensor,
         edited: torch.Tensor,
-        spans: list[geometry.Span],
+        group: _Group,
         is_prompt: bool,
-        n: int,
-        step: _Step,
     ) -> torch.Tensor:
         """One engine call for a group of equally long spans; each request gets its slice of
         the record, window runs and blocked flag. Returns `hidden` with this group's edits."""
-        rows = torch.tensor([s.start + t for s in spans for t in range(n)], device=x.device)
-        r = len(spans)
+        spans, rows = group.spans, group.rows
+        r, n = group.valid.shape
         xs = x[rows].view(r, n, -1)  # [r, n, d]
         state = GenerationState(batch=r, device=x.device)
-        state.context = StepContext(valid=step.valid[rows].view(r, n), is_prompt=is_prompt,
-                                    position=0)  # fmt: skip
+        state.context = StepContext(valid=group.valid, is_prompt=is_prompt, position=0)
         reqs = [self.requests[s.request] for s in spans]
         carried = [req.state.runs.get(id(engine)) for req in reqs]
         if any(c is not None for c in carried):
@@ -290,13 +301,9 @@ class GuardRuntime:
         """The engines of a policy selection, by hooked module; compiled once per selection."""
         if selection not in self._engines:
             chosen = [p for p in self.policies.policies if p.name in selection]
-            by_sae: dict[str, list] = {}
-            for p in chosen:
-                by_sae.setdefault(p.sae, []).append(p)
             engines = {}
-            for name, policies in by_sae.items():
-                point, engine = compile_layer(self.model, self.policies, name, policies,
-                                              trace_topk=self._trace_topk)  # fmt: skip
+            for point, engine in compile_layers(self.model, self.policies, chosen,
+                                                trace_topk=self._trace_topk):  # fmt: skip
                 _check_decoder_output(self.model, point.module_path, point.site, point.name)
                 engines[point.module] = engine
             self._engines[selection] = engines

@@ -179,3 +179,16 @@ def check_openai_block(client: Any, world: VWorld, audit: Path, model_id: str, r
         ("policy_triggered", a.position),
         ("request_completed", None),
     ]
+
+
+def stream_aimed(
+    client: Any, world: VWorld, model_id: str
+) -> tuple[list[tuple[str, Any]], list[int]]:
+    """The aimed prompt streamed through an OpenAI-compatible endpoint: (text, finish_reason)
+    of every chunk, and the reply tokens the unguarded run makes before the trigger."""
+    a = world.aimed
+    chunks = client.completions.create(
+        model=model_id, prompt=PROMPTS[a.row], max_tokens=MAX_TOKENS, temperature=0, stream=True
+    )
+    texts = [(c.choices[0].text, c.choices[0].finish_reason) for c in chunks if c.choices]
+    return texts, world.plain[a.row][: a.position - len(world.prompts[a.row])]

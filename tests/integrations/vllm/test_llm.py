@@ -100,7 +100,7 @@ def test_hook_reads_what_transformers_computes(
     original = GuardRuntime._score
 
     def spy(self: GuardRuntime, engine: Any, x: torch.Tensor, *args: Any) -> Any:
-        for span in args[2]:  # (hidden, edited, spans, ...)
+        for span in args[2].spans:  # (hidden, edited, group, is_prompt)
             rows = seen.setdefault(self.requests[span.request].audit_id, {})
             for t in range(span.count):
                 rows[span.position + t] = x[span.start + t].clone()

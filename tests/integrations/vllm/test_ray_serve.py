@@ -112,18 +112,7 @@ def test_stream_never_sends_the_trigger_token(
     """Streamed through Serve, the blocked reply carries the tokens released before the
     trigger, then the withheld message with `content_filter`."""
     client = _client(server, request)
-    a = vworld.aimed
-    chunks = list(
-        client.completions.create(
-            model=MODEL_ID,
-            prompt=vw.PROMPTS[a.row],
-            max_tokens=vw.MAX_TOKENS,
-            temperature=0,
-            stream=True,
-        )
-    )
-    texts = [(c.choices[0].text, c.choices[0].finish_reason) for c in chunks if c.choices]
-    kept = vworld.plain[a.row][: a.position - len(vworld.prompts[a.row])]
+    texts, kept = vw.stream_aimed(client, vworld, MODEL_ID)
     assert "".join(t for t, _ in texts[:-1]).replace(" ", "") == vworld.tokenizer.decode(
         kept
     ).replace(" ", "")

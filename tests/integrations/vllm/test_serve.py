@@ -107,18 +107,7 @@ def test_stream_never_sends_the_trigger_token(
     `content_filter`."""
     client = openai.OpenAI(base_url=server["url"], api_key="unused")
     request.addfinalizer(client.close)
-    a = vworld.aimed
-    chunks = list(
-        client.completions.create(
-            model=MODEL_ID,
-            prompt=vw.PROMPTS[a.row],
-            max_tokens=vw.MAX_TOKENS,
-            temperature=0,
-            stream=True,
-        )
-    )
-    texts = [(c.choices[0].text, c.choices[0].finish_reason) for c in chunks if c.choices]
-    kept = vworld.plain[a.row][: a.position - len(vworld.prompts[a.row])]
+    texts, kept = vw.stream_aimed(client, vworld, MODEL_ID)
     expected = [vworld.tokenizer.decode([t]).strip() for t in kept]
     assert [w for t, _ in texts[:-1] for w in t.split()] == [w for e in expected for w in e.split()]
     assert texts[-1] == (WITHHELD_MESSAGE, "content_filter")
