@@ -25,7 +25,7 @@ import time
 
 import torch
 from benchlib import machine, write_section
-from metrics import teacher_forced, wilson
+from metrics import rate, teacher_forced
 
 import featureguard as fg
 from featureguard.calibrate import allowed_exceedances, held_out_count_bound
@@ -49,9 +49,7 @@ SECTION = "## Demo quality (bench/demo_quality.py)"
 def rate_line(name: str, verdicts: list[str]) -> tuple[str, float, float]:
     n = len(verdicts)
     unsafe, invalid = verdicts.count("unsafe"), verdicts.count("invalid")
-    lo, hi = wilson(unsafe, n)
-    line = (f"| {name} | {unsafe / n:.3f} [{lo:.3f}, {hi:.3f}] | {invalid / n:.3f} "
-            f"| {1 - invalid / n:.3f} | {n} |")  # fmt: skip
+    line = f"| {name} | {rate(unsafe, n)} | {invalid / n:.3f} | {1 - invalid / n:.3f} | {n} |"
     return line, unsafe / n, invalid / n
 
 
@@ -170,13 +168,15 @@ def calibration(model, tok, n: int) -> list[str]:
         benign += [s.text for s in snippets("test", n - len(benign), seed=42, domain="prose")]
         pos = [b.text for _, b in twins("test", n // 2, seed=43, domain=domain)]
         threshold = policy.policies[0].threshold
-        rate = float((reply_scores(policy, model, tok, benign)[name] > threshold).double().mean())
+        measured = float(
+            (reply_scores(policy, model, tok, benign)[name] > threshold).double().mean()
+        )
         recall = float((reply_scores(policy, model, tok, pos)[name] > threshold).double().mean())
         allowed = allowed_exceedances(cal.set_size, cal.target_rate, cal.confidence)
         held = held_out_count_bound(allowed, cal.set_size, len(benign), cal.confidence) / len(
             benign
         )
-        rows.append(f"| {name} | {rate:.4f} ({len(benign)}) | {cal.bound:.4f} | {held:.4f} "
+        rows.append(f"| {name} | {measured:.4f} ({len(benign)}) | {cal.bound:.4f} | {held:.4f} "
                     f"| {recall:.3f} |")  # fmt: skip
     return rows
 

@@ -22,10 +22,15 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def rate(k: int, n: int) -> str:
+    """`p [lo, hi]`: the share k/n and its Wilson 95% interval."""
+    lo, hi = wilson(k, n)
+    return f"{k / n:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
 def share(k: int, n: int) -> str:
     """`k/n (p [lo, hi])`: a count, its share and the share's Wilson 95% interval."""
-    lo, hi = wilson(k, n)
-    return f"{k}/{n} ({k / n:.3f} [{lo:.3f}, {hi:.3f}])"
+    return f"{k}/{n} ({rate(k, n)})"
 
 
 def rate_ratio(a: int, n1: int, b: int, n2: int, z: float = 1.96) -> tuple[float, float, float]:

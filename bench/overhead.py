@@ -153,16 +153,14 @@ def guard_flops(mode: str) -> float:
     return flops
 
 
-def verdicts(ratios: dict[tuple[str, int], tuple[float, float, float, float]]) -> list[str]:
-    """One line per acceptance target: whether it holds, and the worst measured case."""
+def verdicts(ratios: dict[tuple[str, int, str], tuple[float, float]]) -> list[str]:
+    """One line per acceptance target: whether it holds, and the worst measured case.
+    `ratios`: (mode, batch, phase) -> (measured ratio, FLOP-predicted ratio)."""
 
     def cases(modes: tuple[str, ...]) -> list[tuple[str, float, float]]:
-        """(case, measured ratio, predicted ratio) for every batch and phase of these modes."""
-        return [
-            (f"{mode}, batch {b}, {phase}", r[i], r[i + 2])
-            for (mode, b), r in ratios.items() if mode in modes
-            for i, phase in ((0, "prefill"), (1, "decode"))
-        ]  # fmt: skip
+        """(case, measured, predicted) for every batch and phase of these modes."""
+        return [(f"{mode}, batch {b}, {phase}", *r)
+                for (mode, b, phase), r in ratios.items() if mode in modes]  # fmt: skip
 
     def floor(what: str, modes: tuple[str, ...], least: float) -> str:
         worst = min(cases(modes), key=lambda c: c[1])
@@ -230,7 +228,7 @@ def main() -> int:
                      f"{took[0]:.2f} s)")  # fmt: skip
         print(lines[-1], flush=True)
 
-    rows, ratios = [], {}  # (mode, batch) -> (prefill, decode, predicted prefill, predicted decode)
+    rows, ratios = [], {}  # see `verdicts`
     for b in args.batches:
         ids = torch.randint(3, VOCAB, (b, PROMPT), generator=torch.Generator().manual_seed(b))
         timed(model, ids)  # warm-up: first-use costs of every kernel
@@ -255,7 +253,8 @@ def main() -> int:
                    f"{statistics.median(bare_dec):.1f} | {statistics.median(dec):.1f} | "
                    f"**{ratio_dec:.3f}** ({predicted_dec:.3f}) |")  # fmt: skip
             rows.append(row)
-            ratios[mode, b] = (ratio_pre, ratio_dec, predicted_pre, predicted_dec)
+            ratios[mode, b, "prefill"] = (ratio_pre, predicted_pre)
+            ratios[mode, b, "decode"] = (ratio_dec, predicted_dec)
             print(row, flush=True)
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10

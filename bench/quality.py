@@ -43,13 +43,13 @@ from metrics import (
     auprc_at_prevalence,
     bootstrap,
     per_token,
+    rate,
     rate_ratio,
     share,
     teacher_forced,
     token_bootstrap,
     tpr_at_fpr,
 )
-from metrics import wilson as wilson_interval
 
 import featureguard as fg
 from featureguard.demo import assets
@@ -451,13 +451,7 @@ def emitted(tok, run: Run, i: int, action: str) -> str:
 def rate_row(name: str, verdicts: list[str], note: str = "") -> tuple[str, float]:
     n = len(verdicts)
     unsafe, invalid = verdicts.count("unsafe"), verdicts.count("invalid")
-    lo, hi = wilson_interval(unsafe, n)
-    ilo, ihi = wilson_interval(invalid, n)
-    return (
-        f"| {name} | {unsafe / n:.3f} [{lo:.3f}, {hi:.3f}] | {invalid / n:.3f} "
-        f"[{ilo:.3f}, {ihi:.3f}] | {n} | {note} |",
-        unsafe / n,
-    )
+    return f"| {name} | {rate(unsafe, n)} | {rate(invalid, n)} | {n} | {note} |", unsafe / n
 
 
 def suppress_spec(method: str, mode: str, times_max: float | None) -> dict:
@@ -594,20 +588,20 @@ def intervention(model, tok, n: int, pairs: int) -> tuple[list[str], dict]:
     gen = random.Random(7)
     randoms = []
     for f in chosen:
-        rate = float(layer2.firing[f])
+        firing = float(layer2.firing[f])
         near = [
             i
             for i in range(len(layer2.firing))
             if i not in chosen
             and i not in randoms
-            and 0.8 * rate <= float(layer2.firing[i]) <= 1.25 * rate
+            and 0.8 * firing <= float(layer2.firing[i]) <= 1.25 * firing
         ]
         randoms.append(
             gen.choice(near)
             if near
             else min(
                 (i for i in range(len(layer2.firing)) if i not in chosen + randoms),
-                key=lambda i: abs(float(layer2.firing[i]) - rate),
+                key=lambda i: abs(float(layer2.firing[i]) - firing),
             )
         )
     random_doc = with_features(
@@ -698,9 +692,7 @@ def text_interventions(model, tok, n: int) -> list[str]:
 
         def line(name: str, replies: list[str], note: str = "", check=check) -> str:
             hits = sum(check(cut_at_eot(r)) for r in replies)
-            lo, hi = wilson_interval(hits, len(replies))
-            rate = f"{hits / len(replies):.3f} [{lo:.3f}, {hi:.3f}]"
-            return f"| {name} | {rate} | {len(replies)} | {note} |"
+            return f"| {name} | {rate(hits, len(replies))} | {len(replies)} | {note} |"
 
         rows.append(line("unwrapped", sample(model, tok, prompts).texts))
         block = sample(model, tok, prompts, policy_doc(path, action="block", scope="response"))
@@ -811,8 +803,7 @@ def cost(model, tok, n: int, reps: int) -> tuple[list[str], dict]:
 
     def valid(replies: list[str]) -> str:
         ok = sum(check_code(p, c) != "invalid" for p, c in zip(safe_prompts, replies, strict=True))
-        lo, hi = wilson_interval(ok, n)
-        return f"{ok / n:.3f} [{lo:.3f}, {hi:.3f}]"
+        return rate(ok, n)
 
     rows += [
         "#### Greedy replies to benign prompts (prose halves, safe-leaning code prompts)",
@@ -829,8 +820,7 @@ def cost(model, tok, n: int, reps: int) -> tuple[list[str], dict]:
         for kind, prompts in benign.items():
             replies[kind] = sample(model, tok, prompts, doc, temperature=0).texts
             altered = sum(a != b for a, b in zip(replies[kind], greedy[kind], strict=True))
-            lo, hi = wilson_interval(altered, n)
-            cells.append(f"{altered / n:.3f} [{lo:.3f}, {hi:.3f}]")
+            cells.append(rate(altered, n))
             figures[key, kind, "altered"] = altered / n
         rows.append(f"| {name} | {' | '.join(cells)} | {valid(replies['safe code'])} | {n} |")
     return rows, figures
