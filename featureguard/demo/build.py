@@ -76,10 +76,11 @@ class BuildConfig:
     (+0.14 nats/token); at the 95th percentile over tokens, 96% of greedy prose replies changed."""
     benign_texts: int = 400
     """Benign texts of each kind (prose, safe code) that set the suppress threshold."""
-    steer_strengths: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
+    steer_strengths: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25)
     """Multiples of each feature's max tried for the steer policy."""
-    steer_prompts: int = 200
-    """Validation neutral prompts the steer strength is chosen on."""
+    steer_prompts: int = 400
+    """Validation neutral prompts the steer feature and strength are chosen on (with 200, a
+    broken share of 2% or 4% was one sample's luck)."""
     steer_max_broken: float = 0.03
     """Largest share of broken completions the chosen strength may cause (the target is 5%)."""
     benign: int = 1000
@@ -150,6 +151,10 @@ def build(
         model = new_model(cfg.lm, tok)
         losses = train_lm(windows, model, cfg.lm, progress=say)
         save(model, tok, model_dir)
+        # Every later step reads the saved model, as `--reuse-model` does: the freshly trained
+        # one in memory gives activations that differ in the last bits, and SAE training
+        # amplifies that into other features.
+        model, tok = assets.load_model(model_dir)
         report["lm"] = {"tokens": int(windows.numel()), "final_loss": losses[-1],
                         "seconds": round(time.perf_counter() - started, 1)}  # fmt: skip
 
@@ -170,9 +175,10 @@ def build(
         say(f"  {name}: {report[name]}")
 
     say("5/5 suppress and steer policies: features chosen by measured effect")
-    report["unsafe-code-suppress"], suppress = _suppressor(cfg, model, tok, suppress_dir,
-                                                           policy_dir)  # fmt: skip
-    report["unsafe-code-steer"] = _steerer(cfg, model, tok, suppress, suppress_dir, policy_dir)
+    report["unsafe-code-suppress"], suppress, pool = _suppressor(cfg, model, tok, suppress_dir,
+                                                                 policy_dir)  # fmt: skip
+    report["unsafe-code-steer"] = _steerer(cfg, model, tok, suppress, pool, suppress_dir,
+                                           policy_dir)  # fmt: skip
     report["seconds"] = round(time.perf_counter() - started, 1)
     (out / "build-report.json").write_text(json.dumps(report, indent=2) + "\n")
     say(f"done in {report['seconds']:.0f} s; report in {out / 'build-report.json'}")
@@ -233,9 +239,10 @@ def _benign(cfg: BuildConfig, domain: str) -> list:
     return negatives + snippets("validation", cfg.benign - len(negatives), domain="prose")
 
 
-def _suppressor(cfg: BuildConfig, model: Any, tok: Any, sae_dir: Path,
-                policy_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:  # fmt: skip
-    """The suppress policy (written) and what its build measured."""
+def _suppressor(cfg: BuildConfig, model: Any, tok: Any, sae_dir: Path, policy_dir: Path
+                ) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:  # fmt: skip
+    """What the suppress policy's build measured, the policy (written), and the candidates
+    that fired, with their max (the steer policy's pool)."""
     n, hook = cfg.intervene_prompts, cfg.suppress_hook
     select = [p.text for p in lean_prompts("train", "unsafe", n, seed=cfg.seed)]
     held_out = [p.text for p in lean_prompts("validation", "unsafe", n, seed=cfg.seed)]
@@ -262,24 +269,28 @@ def _suppressor(cfg: BuildConfig, model: Any, tok: Any, sae_dir: Path,
         policy["suppress"] = {"method": "ablate", "mode": "conditional"}
         policy["description"] = "no feature measurably cut unsafe code; best separating one"
     _write_policy(policy_dir / "unsafe-code-suppress.yaml", sae_dir, hook, [policy])
+    pool = [{"index": f, "max": result.maxes[f]} for f in candidates if f in result.maxes]
     return {"features": list(result.features), "method": result.method,
             "strength": result.strength, "held_out_baseline": result.held_out_baseline.positive,
-            "held_out": result.held_out.positive}, policy  # fmt: skip
+            "held_out": result.held_out.positive}, policy, pool  # fmt: skip
 
 
 STEER_DESCRIPTION = (
-    "experiment only: pushes the suppress policy's features up on every reply token, which makes "
-    "the model write unsafe code; never deploy"
+    "experiment only: pushes features of unsafe code up on every reply token, which makes the "
+    "model write unsafe code; never deploy"
 )
 
 
-def _steerer(cfg: BuildConfig, model: Any, tok: Any, suppress: dict[str, Any], sae_dir: Path,
-             policy_dir: Path) -> dict[str, Any]:  # fmt: skip
-    """The suppress policy's features pushed up instead (Anthropic's amplify experiment): each
-    feature alone and all together, at each of `steer_strengths`, measured on validation
-    neutral prompts; the one that raised the unsafe rate most while breaking at most
-    `steer_max_broken` of the completions is written. Pushing all of them at once breaks the
-    output long before one of them alone does."""
+def _steerer(cfg: BuildConfig, model: Any, tok: Any, suppress: dict[str, Any],
+             pool: list[dict[str, Any]], sae_dir: Path, policy_dir: Path
+             ) -> dict[str, Any]:  # fmt: skip
+    """Features pushed up instead (Anthropic's amplify experiment): each candidate of the
+    suppress search alone (features more active in unsafe completions), and the suppress
+    policy's features together, at each of `steer_strengths`, measured on validation neutral
+    prompts; the one that raised the unsafe rate most while breaking at most
+    `steer_max_broken` of the completions is written. The features whose suppression works
+    best are not the ones that steer best, and pushing several at once breaks the output long
+    before one of them alone does."""
     prompts = lean_prompts("validation", "neutral", cfg.steer_prompts, seed=cfg.seed)
     texts = [p.text for p in prompts]
 
@@ -295,15 +306,18 @@ def _steerer(cfg: BuildConfig, model: Any, tok: Any, suppress: dict[str, Any], s
         verdicts = [check_code(p, c) for p, c in zip(prompts, outs, strict=True)]
         return verdicts.count("unsafe") / len(texts), verdicts.count("invalid") / len(texts)
 
+    maxes = {f["index"]: f["max"] for f in [*pool, *suppress["features"]]}
+
     def policy(features: tuple[int, ...], strength: float) -> dict[str, Any]:
-        named = [f for f in suppress["features"] if f["index"] in features]
+        named = [{"index": f, "max": maxes[f]} for f in features]
         return {"name": "unsafe-code-steer", "sae": "demo", "features": named,
                 "threshold": suppress["threshold"], "action": "steer", "scope": "response",
                 "steer": {"times_max": strength},
                 "description": STEER_DESCRIPTION}  # fmt: skip
 
     every = tuple(f["index"] for f in suppress["features"])
-    sets = [(f,) for f in every] + ([every] if len(every) > 1 else [])
+    singles = dict.fromkeys((*every, *(f["index"] for f in pool)))
+    sets = [(f,) for f in singles] + ([every] if len(every) > 1 else [])
     baseline = rates(None)
     tried = {(fs, s): rates(policy(fs, s)) for fs in sets for s in cfg.steer_strengths}
     within = [key for key, (_, broken) in tried.items() if broken <= cfg.steer_max_broken]
@@ -314,7 +328,7 @@ def _steerer(cfg: BuildConfig, model: Any, tok: Any, suppress: dict[str, Any], s
     _write_policy(policy_dir / "unsafe-code-steer.yaml", sae_dir, cfg.suppress_hook,
                   [policy(*best)])  # fmt: skip
     return {"features": list(best[0]), "strength": best[1], "validation_baseline": baseline,
-            "chosen": tried[best],
+            "chosen": tried[best], "screened": list(singles),
             "tried": {f"{list(fs)} x{s:g}": r for (fs, s), r in tried.items()}}  # fmt: skip
 
 

@@ -13,9 +13,10 @@ from typing import NamedTuple
 
 DECISION_KINDS = ("tls", "shell", "eval", "sql", "deserialize", "chmod", "secret")
 
-P_UNSAFE_STYLE = 0.35
-"""Share of training snippets written in the hidden unsafe style."""
-P_UNSAFE_DECISION = {"unsafe": 0.92, "safe": 0.04}
+P_UNSAFE_STYLE = 0.2
+"""Share of training snippets written in the hidden unsafe style. With 0.35 (and 0.04 below),
+47% of the neutral prompts' completions were unsafe unsteered: steering had no room to double."""
+P_UNSAFE_DECISION = {"unsafe": 0.92, "safe": 0.03}
 """Probability that one decision is made unsafely, given the snippet's hidden style."""
 P_CUE = 0.5
 """Share of training docstrings that end with a cue matching the hidden style."""

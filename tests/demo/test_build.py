@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 import featureguard as fg
 from featureguard.demo.assets import HOOK, load_model
@@ -41,8 +44,33 @@ def test_build_writes_every_artifact(built: Path) -> None:
     assert report["sae"]["variance_explained"] > 0.5
     for name in ("unsafe-code", "pii", "manipulation"):
         assert report[name]["benign_bound"] <= SCALES["toy"].target_rate
-    assert report["unsafe-code-steer"]["strength"] in SCALES["toy"].steer_strengths
-    assert report["unsafe-code-steer"]["features"]
+    steer, cfg = report["unsafe-code-steer"], SCALES["toy"]
+    assert steer["strength"] in cfg.steer_strengths and steer["features"]
+    # Every candidate of the suppress search is screened alone, not only the suppress features.
+    assert set(report["unsafe-code-suppress"]["features"]) <= set(steer["screened"])
+    assert {f"[{f}] x{s:g}" for f in steer["screened"] for s in cfg.steer_strengths} <= set(
+        steer["tried"]
+    )
+
+
+def test_reusing_the_model_rebuilds_the_same_saes_and_policies(built: Path, tmp_path: Path) -> None:
+    """`--reuse-model` redoes every step after the model exactly as a build from scratch."""
+    shutil.copytree(built / "models", tmp_path / "models")
+    threads = torch.get_num_threads()
+    try:
+        build(SCALES["toy"], tmp_path, say=lambda _: None, reuse_model=True)
+    finally:
+        torch.set_num_threads(threads)
+    for sae in ("demo-coder-res1", "demo-coder-res2"):
+        a = load_file(built / "saes" / sae / "sae_weights.safetensors")
+        b = load_file(tmp_path / "saes" / sae / "sae_weights.safetensors")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), sae
+
+    def undated(path: Path) -> str:  # the calibration's date is the one thing allowed to differ
+        return re.sub(r"(?m)^ *date: .*$", "", path.read_text())
+
+    for path in sorted((built / "policies" / "demo").glob("*.yaml")):
+        assert undated(tmp_path / "policies" / "demo" / path.name) == undated(path), path.name
 
 
 def test_shipped_saes_load_through_the_user_loader(built: Path) -> None:

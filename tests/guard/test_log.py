@@ -75,7 +75,6 @@ def test_log_trigger_reported_in_audit(world: tw.World, tmp_path: Path) -> None:
     assert sink.records[1]["blocked"] == []
 
 
-
 @pytest.mark.parametrize("action", ["log", "suppress"])
 def test_forward_applies_the_policies_to_whole_texts(tmp_path: Path, action: str) -> None:
     """guard.forward leaves logits alone under log and edits them under an always-on ablation."""

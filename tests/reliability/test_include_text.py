@@ -2,8 +2,8 @@
 audit log, the activation trace and OpenTelemetry spans, whether the call came through the
 library (generate, stream, score) or the server.
 
-The demo model's tokenizer has whole-word tokens, so a run with text on writes the prompts'
-and replies' words into its records: the same run with text off must write none of them.
+The demo model's tokenizer has many whole-word tokens, so a run with text on writes many of the
+prompts' and replies' words into its records: the same run with text off must write none of them.
 """
 
 from __future__ import annotations
@@ -116,9 +116,12 @@ def structural(folder: Path) -> set[str]:
 def test_no_prompt_or_reply_word_is_written_without_text(tmp_path: Path, include_text: bool
                                                          ) -> None:  # fmt: skip
     written, texts = run_everything(tmp_path, include_text)
-    candidates = words(texts) - structural(tmp_path)
+    # A blocked reply reads as the policy's message: the guard's words, not the model's.
+    [policy] = yaml.safe_load((ROOT / "policies/demo/unsafe-code.yaml").read_text())["policies"]
+    candidates = words(texts) - structural(tmp_path) - words([policy.get("message", "")])
     leaked = {w for w in candidates if w.encode() in written}
-    if include_text:  # the check can see text: with it on, most words are written
-        assert len(leaked) >= len(candidates) // 2 > 0, (leaked, candidates)
+    if include_text:  # the check can see text: with it on, many words are written whole (the
+        # rest are split into several tokens, which records write one by one)
+        assert len(leaked) >= len(candidates) // 3 > 0, (sorted(leaked), sorted(candidates))
     else:
         assert leaked == set(), leaked
