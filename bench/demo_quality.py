@@ -9,8 +9,8 @@
 2. Intervention: `--n` sampled completions (T=0.8) of held-out unsafe-leaning prompts,
    unwrapped vs the shipped suppress policy; the shipped steer policy (one feature of unsafe
    code pushed up on every reply token, feature and strength chosen on validation prompts) on
-   neutral prompts. Rates
-   with Wilson 95% intervals, checked by the deterministic checker (unsafe / safe / invalid).
+   neutral prompts. Rates with Wilson 95% intervals, checked by the deterministic checker
+   (unsafe / safe / invalid).
 3. Cost: nats per token of the conditional suppress policy on benign prose and safe code
    (teacher forced, `guard.forward`).
 4. Calibration: each detection policy's trigger rate on a held-out benign set vs the bound

@@ -20,12 +20,16 @@ from featureguard.demo.corpus import lean_prompts
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("demo")
-    threads = torch.get_num_threads()
+    _toy_build(out)
+    return out
+
+
+def _toy_build(out: Path, reuse_model: bool = False) -> None:
+    threads = torch.get_num_threads()  # the build sets its own; the rest of the suite keeps ours
     try:
-        build(SCALES["toy"], out, say=lambda _: None)
+        build(SCALES["toy"], out, say=lambda _: None, reuse_model=reuse_model)
     finally:
         torch.set_num_threads(threads)
-    return out
 
 
 def test_build_writes_every_artifact(built: Path) -> None:
@@ -56,11 +60,7 @@ def test_build_writes_every_artifact(built: Path) -> None:
 def test_reusing_the_model_rebuilds_the_same_saes_and_policies(built: Path, tmp_path: Path) -> None:
     """`--reuse-model` redoes every step after the model exactly as a build from scratch."""
     shutil.copytree(built / "models", tmp_path / "models")
-    threads = torch.get_num_threads()
-    try:
-        build(SCALES["toy"], tmp_path, say=lambda _: None, reuse_model=True)
-    finally:
-        torch.set_num_threads(threads)
+    _toy_build(tmp_path, reuse_model=True)
     for sae in ("demo-coder-res1", "demo-coder-res2"):
         a = load_file(built / "saes" / sae / "sae_weights.safetensors")
         b = load_file(tmp_path / "saes" / sae / "sae_weights.safetensors")
