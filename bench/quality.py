@@ -54,7 +54,7 @@ from metrics import (
 import featureguard as fg
 from featureguard.demo import assets
 from featureguard.demo.checker import EOT_MARKERS, check_code, check_manipulation, check_pii
-from featureguard.demo.corpus import lean_prompts, snippets, twins
+from featureguard.demo.corpus import lean_prompts, prose_prompts, snippets, twins
 from featureguard.demo.corpus_code import STYLE_CUES
 from featureguard.discovery import (
     detect,
@@ -723,15 +723,6 @@ def text_interventions(model, tok, n: int) -> list[str]:
 # ---------------------------------------------------------------------------------- cost
 
 
-def prose_prompts(n: int) -> list[str]:
-    """The first half (in words) of held-out prose snippets."""
-    out = []
-    for s in snippets("test", n, seed=71, domain="prose"):
-        words = s.text.split(" ")
-        out.append(" ".join(words[: max(1, len(words) // 2)]))
-    return out
-
-
 def steer_conditions() -> dict[str, tuple[str, dict]]:
     """The shipped steer policy, and every suppress feature pushed to each of `STEERS`."""
     shipped = assets.POLICY_DIR / "unsafe-code-steer.yaml"
@@ -798,7 +789,10 @@ def cost(model, tok, n: int, reps: int) -> tuple[list[str], dict]:
 
     progress("cost: greedy replies to benign prompts")
     safe_prompts = lean_prompts("test", "safe", n, seed=23)
-    benign = {"prose": prose_prompts(n), "safe code": [p.text for p in safe_prompts]}
+    benign = {
+        "prose": prose_prompts("test", n, seed=71),
+        "safe code": [p.text for p in safe_prompts],
+    }
     greedy = {k: sample(model, tok, v, temperature=0).texts for k, v in benign.items()}
 
     def valid(replies: list[str]) -> str:

@@ -31,8 +31,9 @@ from featureguard.discovery import (
     token_activations,
     top_contexts,
 )
+from featureguard.discovery.activations import TokenActs
 from featureguard.discovery.command import _candidates, load_checker
-from featureguard.discovery.detect import DENSE_MARGIN, Forms
+from featureguard.discovery.detect import DENSE_MARGIN, RECALL_QUANTILE, Forms
 from featureguard.errors import FeatureguardError
 
 ALPHABET = "abcdefghijklmnopqrstuvwxy "  # no "z"
@@ -150,6 +151,25 @@ def test_rank_features_puts_the_aimed_feature_first(det: Detection) -> None:
     assert first.mean_diff == pytest.approx(first.max_activation)
     contexts = top_contexts(acts, det.tok, det.positives + det.negatives, tw.TARGET, n=3, width=4)
     assert len(contexts) == 3 and all("[[z]]" in c for c in contexts)
+
+
+def test_rank_features_recall_finds_a_feature_of_one_kind_of_positive() -> None:
+    """A feature that fires in one kind of positive only (a quarter of them) and never in the
+    negatives has a low sequence AUROC but full recall of its kind: `recall_seq` ranks it above
+    a broad feature that is a little higher in every positive than in most negatives."""
+
+    def text(broad: float, kind: float) -> TokenActs:
+        acts = torch.zeros(6, 2)
+        acts[0, 0], acts[2, 1] = broad, kind
+        return TokenActs(torch.arange(6), None, acts, None)
+
+    pos = [text(0.4 + 0.58 * i / 39, 1.0 if i % 4 == 0 else 0.0) for i in range(40)]
+    neg = [text(i / 99, 0.0) for i in range(100)]
+    broad, one_kind = sorted(rank_features(pos, neg), key=lambda s: s.index)
+    assert one_kind.auroc_seq == pytest.approx(0.625) and broad.auroc_seq > 0.65
+    # Recall above the negatives' 99th percentile of their per-text maxima (0.99 here).
+    assert torch.quantile(torch.linspace(0, 1, 100), RECALL_QUANTILE) == pytest.approx(0.99)
+    assert (one_kind.recall_seq, broad.recall_seq) == (0.25, 0.0)
 
 
 @pytest.mark.parametrize("probe", ["max", "tokens", "pooled"])

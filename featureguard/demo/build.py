@@ -24,9 +24,21 @@ from featureguard.audit import MemorySink
 from featureguard.calibrate import calibrate, write_calibration
 from featureguard.demo import assets
 from featureguard.demo.checker import check_code
-from featureguard.demo.corpus import lean_prompts, snippets, training_documents, twins
+from featureguard.demo.corpus import (
+    lean_prompts,
+    prose_prompts,
+    snippets,
+    training_documents,
+    twins,
+)
 from featureguard.demo.lm import LMConfig, new_model, pack, save, train_lm, train_tokenizer
-from featureguard.discovery import candidate_features, detect, generate_completions, intervene
+from featureguard.discovery import (
+    candidate_features,
+    detect,
+    generate_completions,
+    intervene,
+    token_activations,
+)
 from featureguard.guard import wrap
 from featureguard.train import SAETrainConfig, collect_activations, save_saelens, train_sae
 
@@ -76,6 +88,19 @@ class BuildConfig:
     (+0.14 nats/token); at the 95th percentile over tokens, 96% of greedy prose replies changed."""
     benign_texts: int = 400
     """Benign texts of each kind (prose, safe code) that set the suppress threshold."""
+    suppress_quantiles: tuple[float, ...] = (0.99, 0.95, 0.9, 0.8, 0.7, 0.6, 0.5)
+    """Benign quantiles tried for the chosen suppress set's final threshold (`_tune_threshold`).
+    The benign texts' peak scores bunch up: their 90th percentile is still 88% of the 99th."""
+    suppress_prompts: int = 400
+    """Validation unsafe-leaning prompts that measure each suppress threshold."""
+    suppress_benign_prompts: int = 200
+    """Validation prompts of each kind (prose halves, safe-leaning code) whose greedy replies
+    must stay unchanged under each suppress threshold."""
+    suppress_max_altered: float = 0.005
+    """Largest share of those benign replies the chosen threshold may change (the quality
+    scorecard's target is 1% on the test prompts)."""
+    suppress_max_broken: float = 0.03
+    """Largest share of broken completions the chosen threshold may cause (the target is 5%)."""
     steer_strengths: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25)
     """Multiples of each feature's max tried for the steer policy."""
     steer_prompts: int = 400
@@ -119,6 +144,9 @@ SCALES = {
         max_features=1,
         benign=300,
         benign_texts=20,
+        suppress_quantiles=(0.99, 0.9),
+        suppress_prompts=6,
+        suppress_benign_prompts=6,
         steer_strengths=(0.5,),
         steer_prompts=6,
         target_rate=0.05,
@@ -263,6 +291,10 @@ def _suppressor(cfg: BuildConfig, model: Any, tok: Any, sae_dir: Path, policy_di
                        benign_quantile=cfg.benign_quantile, seed=cfg.seed)  # fmt: skip
     policy = result.policy("unsafe-code-suppress", "demo")
     policy["description"] = "suppress the features whose suppression measurably cut unsafe code"
+    tuning = None
+    if result.features:
+        tuning = _tune_threshold(cfg, model, tok, sae_dir, policy, benign)
+        policy["threshold"] = tuning["chosen"]["threshold"]
     if not result.features:  # nothing lowered the rate: ablate the best-separating candidate
         top = candidates[0]
         policy["features"] = [{"index": top, "max": result.maxes.get(top, 1.0) or 1.0}]
@@ -272,7 +304,54 @@ def _suppressor(cfg: BuildConfig, model: Any, tok: Any, sae_dir: Path, policy_di
     pool = [{"index": f, "max": result.maxes[f]} for f in candidates if f in result.maxes]
     return {"features": list(result.features), "method": result.method,
             "strength": result.strength, "held_out_baseline": result.held_out_baseline.positive,
-            "held_out": result.held_out.positive}, policy, pool  # fmt: skip
+            "held_out": result.held_out.positive, "threshold": tuning}, policy, pool  # fmt: skip
+
+
+def _tune_threshold(cfg: BuildConfig, model: Any, tok: Any, sae_dir: Path, policy: dict[str, Any],
+                    benign: list[str]) -> dict[str, Any]:  # fmt: skip
+    """The suppress set's threshold, chosen on validation prompts among `suppress_quantiles` of
+    its score's maximum over each benign text. `intervene` selects features at the 99th
+    percentile, which keeps the edit off nearly all benign text and also off much unsafe code;
+    what a user must not see is a benign reply changed or a broken one. So each candidate is
+    measured: the unsafe and broken rates of sampled completions of unsafe-leaning prompts, and
+    the share of greedy replies to prose and safe-leaning prompts that differ from the
+    unwrapped model's. The lowest unsafe rate within `suppress_max_altered` and
+    `suppress_max_broken` wins (ties: the higher threshold); the 99th percentile if none fits."""
+    features = [f["index"] for f in policy["features"]]
+    acts = token_activations(model, tok, sae_dir, cfg.suppress_hook, benign, features=features)
+    peaks = torch.tensor([float(a.acts.sum(dim=1).max()) for a in acts if len(a.ids)])
+    unsafe_prompts = lean_prompts("validation", "unsafe", cfg.suppress_prompts, seed=cfg.seed)
+    m = cfg.suppress_benign_prompts
+    quiet = prose_prompts("validation", m, seed=cfg.seed)
+    quiet += [p.text for p in lean_prompts("validation", "safe", m, seed=cfg.seed)]
+    sae = {"path": str(sae_dir), "hook": cfg.suppress_hook}
+
+    def replies(prompts: list[str], threshold: float | None, temperature: float) -> list[str]:
+        run = partial(generate_completions, model, tok, prompts, max_new_tokens=64,
+                      temperature=temperature, seed=cfg.seed)  # fmt: skip
+        if threshold is None:
+            return run()
+        doc = {"version": 1, "saes": {"demo": sae},
+               "policies": [{**policy, "threshold": threshold}]}  # fmt: skip
+        with wrap(model, doc, tokenizer=tok, audit=MemorySink()):
+            return run()
+
+    texts = [p.text for p in unsafe_prompts]
+    greedy = replies(quiet, None, 0.0)
+    tried = []
+    for q in cfg.suppress_quantiles:
+        threshold = max(0.0, float(torch.quantile(peaks, q)))
+        verdicts = [check_code(p.text, c) for p, c in
+                    zip(unsafe_prompts, replies(texts, threshold, 0.8), strict=True)]  # fmt: skip
+        altered = sum(a != b for a, b in zip(replies(quiet, threshold, 0.0), greedy, strict=True))
+        tried.append({"quantile": q, "threshold": threshold,
+                      "unsafe": verdicts.count("unsafe") / len(texts),
+                      "broken": verdicts.count("invalid") / len(texts),
+                      "altered": altered / len(quiet)})  # fmt: skip
+    within = [t for t in tried if t["altered"] <= cfg.suppress_max_altered
+              and t["broken"] <= cfg.suppress_max_broken]  # fmt: skip
+    chosen = min(within, key=lambda t: (t["unsafe"], -t["threshold"])) if within else tried[0]
+    return {"chosen": chosen, "tried": tried}
 
 
 STEER_DESCRIPTION = (

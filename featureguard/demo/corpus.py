@@ -216,3 +216,12 @@ def lean_prompts(split: str, lean: Lean, n: int, seed: int = 0) -> list[Prompt]:
         kind = frame.decisions[cut].kind
         prompts.append(Prompt(text[: cuts[cut]], kind, split, lean))
     return prompts
+
+
+def prose_prompts(split: str, n: int, seed: int = 0) -> list[str]:
+    """n benign prose prompts: the first half (in words) of prose snippets."""
+    out = []
+    for s in snippets(split, n, seed=seed, domain="prose"):
+        words = s.text.split(" ")
+        out.append(" ".join(words[: max(1, len(words) // 2)]))
+    return out

@@ -130,12 +130,13 @@ def _detect(args: argparse.Namespace, model: Any, tokenizer: Any) -> int:
         seed=args.seed,
     )
     print(
-        f"{'feature':>8} {'AUROC seq':>9} {'AUROC tok':>9} {'mean diff':>9} {'max':>8} {'fires':>6}"
+        f"{'feature':>8} {'AUROC seq':>9} {'AUROC tok':>9} {'recall':>6} {'mean diff':>9} "
+        f"{'max':>8} {'fires':>6}"
     )
     for s in result.ranking:
         tok = "-" if s.auroc_token is None else f"{s.auroc_token:.3f}"
         print(
-            f"{s.index:>8} {s.auroc_seq:>9.3f} {tok:>9} {s.mean_diff:>9.3g} "
+            f"{s.index:>8} {s.auroc_seq:>9.3f} {tok:>9} {s.recall_seq:>6.1%} {s.mean_diff:>9.3g} "
             f"{s.max_activation:>8.3g} {s.firing_rate:>6.1%}"
         )
         for line in result.contexts[s.index]:

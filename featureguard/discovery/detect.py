@@ -4,9 +4,10 @@ A policy scores a token as Σᵢ wᵢ fᵢ and a text as the maximum over its to
 
 - `rank_features` pools each feature by its maximum over a text (sequence level) and also
   compares tokens (token level, against character spans of the positive content);
-- `detect` screens the features by sequence AUROC on a training split, fits an L1 logistic
-  probe over at most `k` of them (`featureguard.probe`) and reports the policy's own score
-  (max over tokens of Σ w f) on the training and validation splits. The threshold is the
+- `detect` screens the features on a training split, half by their recall at a low
+  false-positive rate (`recall_seq`), half by sequence AUROC; fits an L1 logistic probe over
+  at most `k` of them (`featureguard.probe`) and reports the policy's own score (max over
+  tokens of Σ w f) on the training and validation splits. The threshold is the
   probe's decision boundary, −bias. Three probes (`probe=`):
   - "max" (default): fitted on the policy's own text score, max over tokens of Σ w f, from
     text labels alone (`fit_max_probe`): which tokens carry the concept is learnt;
@@ -15,6 +16,16 @@ A policy scores a token as Σᵢ wᵢ fᵢ and a text as the maximum over its to
   - "pooled": one row per text, each feature's maximum over it: a sequence classifier over
     per-feature maxima, which the policy's max of a weighted sum only approximates.
   On the demo's out-of-distribution code twins (docs/demo.md) "max" separated best.
+
+Why screen by recall as well as by AUROC: a concept made of several kinds (TLS checks off, shell
+injection, pickle...) has one feature per kind, each firing in only the positives of its kind.
+Such a feature's sequence AUROC is barely above ½, so an AUROC screen drops it in favour of broad
+features that fire a little more in every positive; but it is exactly what a max-over-tokens
+policy needs, and its recall above the negatives' 99th percentile shows it. Half the screen
+goes to each criterion. On the demo's code twins, fitted on 400 training pairs, the probe's
+out-of-distribution AUROC was 0.899 / 0.908 with the AUROC screen and 0.925 / 0.920 with half
+by recall; recall alone gave 0.894-0.925, and on the manipulation twins (whose held-out
+templates are new kinds, not new surface forms) it fell from 0.82 to 0.64.
 
 On the validation split `detect` also measures the other forms a policy could take and the
 strongest simple baseline (`Forms`): the single best feature, and a dense "max" probe on the
@@ -59,6 +70,9 @@ __all__ = [
 
 _BLOCK = 256  # feature columns per pass in rank_features
 PROBES = ("max", "tokens", "pooled")
+RECALL_QUANTILE = 0.99
+"""`FeatureStat.recall_seq` counts the positive texts above this quantile of the negatives'
+per-text maxima: the recall of the feature alone at about 1% false positives."""
 MAX_PROBE_RIDGE = 0.3
 """Ridge on the standardised weights of the "max" probe's refit: with little of it the probe
 fits the training surface forms (validation AUROC up, out-of-distribution down)."""
@@ -81,6 +95,9 @@ class FeatureStat:
     """Mean activation on positive tokens (span tokens with spans) minus on the others."""
     mean_diff_seq: float
     """Mean of the per-text maximum, positive texts minus negative texts."""
+    recall_seq: float
+    """Share of positive texts whose maximum exceeds the `RECALL_QUANTILE` quantile of the
+    negative texts' maxima (and 0): what `detect` screens by."""
     max_activation: float
     """Largest activation over all tokens given."""
     firing_rate: float
@@ -135,6 +152,8 @@ def rank_features(
         raise FeatureguardError("token labels hold one class only (check the spans)")
     seq_auc = auroc_columns(seq, seq_labels)
     seq_diff = seq[seq_labels].mean(0) - seq[~seq_labels].mean(0)
+    bar = torch.quantile(seq[~seq_labels], RECALL_QUANTILE, dim=0).clamp_min(0.0)
+    recall = (seq[seq_labels] > bar).double().mean(0)
     names = every[0].features or range(seq.shape[1])
     stats = []
     for start in range(0, seq.shape[1], _BLOCK):  # a block of columns at a time: [N, block]
@@ -151,6 +170,7 @@ def rank_features(
                     auroc_token=None if tok_auc is None else float(tok_auc[c]),
                     mean_diff=float(mean_diff[c]),
                     mean_diff_seq=float(seq_diff[j]),
+                    recall_seq=float(recall[j]),
                     max_activation=float(top[c]),
                     firing_rate=float(firing[c]),
                 )
@@ -318,8 +338,9 @@ def detect(
     seed: int = 0,
     batch_size: int = 32,
 ) -> DetectResult:
-    """Rank features on a training split, fit a ≤ k-feature `probe` on the `screen` best (by
-    |AUROC − ½|), and measure the policy score on both splits (module docstring)."""
+    """Rank features on a training split, fit a ≤ k-feature `probe` on the `screen` best (half
+    by `recall_seq`, the rest by |AUROC − ½|), and measure the policy score on both splits
+    (module docstring)."""
     if probe not in PROBES:
         raise FeatureguardError(f"probe must be one of {', '.join(PROBES)}, got {probe!r}")
     if probe == "tokens" and pos_spans is None:
@@ -333,8 +354,10 @@ def detect(
     pos, neg = full[: len(positives)], full[len(positives) :]
     spans_tr = None if pos_spans is None else [pos_spans[i] for i in p_tr]
     stats = rank_features([pos[i] for i in p_tr], [neg[i] for i in n_tr], pos_spans=spans_tr)
+    by_recall = sorted(stats, key=lambda s: (-s.recall_seq, s.index))
     by_separation = sorted(stats, key=lambda s: (-abs(s.auroc_seq - 0.5), s.index))
-    screened = [s.index for s in by_separation[:screen]]
+    halves = [s.index for s in by_recall[: screen // 2]] + [s.index for s in by_separation]
+    screened = list(dict.fromkeys(halves))[:screen]
     if sae.cfg.architecture == "topk":  # the guard's units (encode_subset) differ from encode
         sub = token_activations(model, tokenizer, sae, hook, texts, batch_size=batch_size,
                                 features=screened)  # fmt: skip

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 import featureguard as fg
@@ -55,6 +56,18 @@ def test_build_writes_every_artifact(built: Path) -> None:
     assert {f"[{f}] x{s:g}" for f in steer["screened"] for s in cfg.steer_strengths} <= set(
         steer["tried"]
     )
+    # The suppress threshold is one of the measured benign quantiles: the lowest unsafe rate
+    # within the altered and broken budgets, or the 99th percentile when none fits.
+    suppress = report["unsafe-code-suppress"]
+    if suppress["features"]:
+        tuning = suppress["threshold"]
+        assert [t["quantile"] for t in tuning["tried"]] == list(cfg.suppress_quantiles)
+        within = [t for t in tuning["tried"] if t["altered"] <= cfg.suppress_max_altered
+                  and t["broken"] <= cfg.suppress_max_broken]  # fmt: skip
+        assert tuning["chosen"] == (min(within, key=lambda t: (t["unsafe"], -t["threshold"]))
+                                    if within else tuning["tried"][0])  # fmt: skip
+        written = yaml.safe_load((built / "policies/demo/unsafe-code-suppress.yaml").read_text())
+        assert written["policies"][0]["threshold"] == tuning["chosen"]["threshold"]
 
 
 def test_reusing_the_model_rebuilds_the_same_saes_and_policies(built: Path, tmp_path: Path) -> None:
