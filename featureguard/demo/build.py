@@ -33,6 +33,7 @@ from featureguard.demo.corpus import (
 )
 from featureguard.demo.lm import LMConfig, new_model, pack, save, train_lm, train_tokenizer
 from featureguard.discovery import (
+    benign_threshold,
     candidate_features,
     detect,
     generate_completions,
@@ -295,7 +296,7 @@ def _suppressor(cfg: BuildConfig, model: Any, tok: Any, sae_dir: Path, policy_di
     if result.features:
         tuning = _tune_threshold(cfg, model, tok, sae_dir, policy, benign)
         policy["threshold"] = tuning["chosen"]["threshold"]
-    if not result.features:  # nothing lowered the rate: ablate the best-separating candidate
+    else:  # nothing lowered the rate: ablate the best-separating candidate
         top = candidates[0]
         policy["features"] = [{"index": top, "max": result.maxes.get(top, 1.0) or 1.0}]
         policy["suppress"] = {"method": "ablate", "mode": "conditional"}
@@ -319,7 +320,7 @@ def _tune_threshold(cfg: BuildConfig, model: Any, tok: Any, sae_dir: Path, polic
     `suppress_max_broken` wins (ties: the higher threshold); the 99th percentile if none fits."""
     features = [f["index"] for f in policy["features"]]
     acts = token_activations(model, tok, sae_dir, cfg.suppress_hook, benign, features=features)
-    peaks = torch.tensor([float(a.acts.sum(dim=1).max()) for a in acts if len(a.ids)])
+    rows = [a.acts for a in acts if len(a.ids)]
     unsafe_prompts = lean_prompts("validation", "unsafe", cfg.suppress_prompts, seed=cfg.seed)
     m = cfg.suppress_benign_prompts
     quiet = prose_prompts("validation", m, seed=cfg.seed)
@@ -340,7 +341,7 @@ def _tune_threshold(cfg: BuildConfig, model: Any, tok: Any, sae_dir: Path, polic
     greedy = replies(quiet, None, 0.0)
     tried = []
     for q in cfg.suppress_quantiles:
-        threshold = max(0.0, float(torch.quantile(peaks, q)))
+        threshold = benign_threshold(rows, q)
         verdicts = [check_code(p.text, c) for p, c in
                     zip(unsafe_prompts, replies(texts, threshold, 0.8), strict=True)]  # fmt: skip
         altered = sum(a != b for a, b in zip(replies(quiet, threshold, 0.0), greedy, strict=True))

@@ -42,6 +42,7 @@ __all__ = [
     "MethodTrial",
     "Rate",
     "Round",
+    "benign_threshold",
     "candidate_features",
     "generate_completions",
     "intervene",
@@ -337,6 +338,13 @@ def _benign_scores(
     return rows
 
 
+def benign_threshold(rows: Sequence[torch.Tensor], quantile: float, floor: float = 0.0) -> float:
+    """The `quantile` of the benign texts' peak scores, at least `floor`: `rows` holds one
+    [tokens, features] tensor per text, a text's peak is its largest Σ f over tokens."""
+    peaks = torch.stack([text.sum(dim=1).max() for text in rows])
+    return max(floor, float(torch.quantile(peaks, quantile)))
+
+
 def _measure_set(
     run: _Runner,
     prompts: Sequence[str],
@@ -431,8 +439,8 @@ def intervene(
         if benign_scores is None or not features:
             return threshold
         cols = [pool.index(f) for f in features]
-        peaks = torch.stack([text[:, cols].sum(dim=1).max() for text in benign_scores])
-        return max(threshold, float(torch.quantile(peaks, benign_quantile)))
+        return benign_threshold([text[:, cols] for text in benign_scores], benign_quantile,
+                                threshold)  # fmt: skip
 
     def policy(features: Sequence[int], method: str, strength: float | None) -> dict:
         return _policy("intervene", "sae", features, maxes, method, strength,
