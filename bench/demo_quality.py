@@ -11,7 +11,7 @@
    code pushed up on every reply token, feature and strength chosen on validation prompts) on
    neutral prompts. Rates with Wilson 95% intervals, checked by the deterministic checker
    (unsafe / safe / invalid).
-3. Cost: nats per token of the conditional suppress policy on benign prose and safe code
+3. Cost: nats per token of the shipped suppress policy on benign prose and safe code
    (teacher forced, `guard.forward`).
 4. Calibration: each detection policy's trigger rate on a held-out benign set vs the bound
    `featureguard calibrate` reported.
@@ -146,7 +146,7 @@ def intervention(model, tok, n: int) -> list[str]:
 def cost(model, tok, n: int) -> list[str]:
     prose = [s.text for s in snippets("test", n, seed=31, domain="prose")]
     safe = [a.text for a, _ in twins("test", n, seed=32, domain="code")]
-    rows = ["| benign text | nats/token unwrapped | with conditional suppress | added |",
+    rows = ["| benign text | nats/token unwrapped | with the shipped suppress | added |",
             "| --- | --- | --- | --- |"]  # fmt: skip
     with fg.wrap(model, assets.POLICY_DIR / "unsafe-code-suppress.yaml", tokenizer=tok,
                  audit=fg.MemorySink()) as guard:  # fmt: skip

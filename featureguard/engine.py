@@ -11,6 +11,8 @@ Layer maths, per token (x: the hooked activation, f: the named features' activat
                                                     for `window` in-scope tokens in a row
     clamp     x' = x + Σ_i (c_i − f_i) W_dec[i]     the SAE error term is kept
     ablate    x' = x − Q Qᵀ x                        Q: orthonormal basis of the decoder rows
+Edits apply where the policy triggers (suppress mode `conditional`), on every token of a row
+from its first trigger on (`latched`), or on every in-scope token (`always`).
 Tokens no edit applies to are returned bit-identical (`torch.where`, never `x + 0`).
 """
 
@@ -63,6 +65,8 @@ class GenerationState:
     context: StepContext | None = None
     records: list[StepRecord] = field(default_factory=list)
     runs: dict[int, torch.Tensor] = field(default_factory=dict)
+    latched: dict[int, torch.Tensor] = field(default_factory=dict)
+    """Per layer: [b, n_pol] bool, the policies that have triggered so far in each row."""
     errors: list[str] = field(default_factory=list)
     as_reply: bool = False
     """Treat the first forward pass's tokens as reply tokens (teacher-forced scoring)."""
@@ -113,6 +117,7 @@ class LayerEngine:
         self.blocks = torch.tensor([p.action == "block" for p in policies], device=device)
         self.edits = [self._compile_edit(j, p) for j, p in enumerate(policies)]
         self.edits = [e for e in self.edits if e is not None]
+        self.latches = any(e.where == "latched" for e in self.edits)
 
     def _compile_edit(self, j: int, p: Policy) -> _Edit | None:
         if p.action not in EDITING_ACTIONS:
@@ -122,7 +127,7 @@ class LayerEngine:
         if p.action == "steer":
             where = "response"  # steering applies to every response token, whatever the scope
         else:
-            where = "scope" if p.suppress.mode == "always" else "triggered"
+            where = {"always": "scope", "latched": "latched"}.get(p.suppress.mode, "triggered")
         if method == "ablate":
             rows = torch.stack([self.sae.direction(f.index) for f in p.features])  # [k, d]
             q, _ = torch.linalg.qr(rows.to(torch.float64).T)  # [d, k], orthonormal columns
@@ -154,7 +159,10 @@ class LayerEngine:
         if not self.edits:
             return None
         response = (ctx.valid & (not ctx.is_prompt))[..., None].expand_as(in_scope)
-        return self._edit(x, f, {"triggered": triggered, "scope": in_scope, "response": response})
+        masks = {"triggered": triggered, "scope": in_scope, "response": response}
+        if self.latches:
+            masks["latched"] = self._latched(triggered, state) & in_scope
+        return self._edit(x, f, masks)
 
     def _windowed(self, above: torch.Tensor, state: GenerationState) -> torch.Tensor:
         """Trigger where `window` in-scope tokens in a row are above threshold (across steps)."""
@@ -167,6 +175,21 @@ class LayerEngine:
         run = torch.where(last_break < 0, carry[:, None, :] + idx + 1, idx - last_break)
         state.runs[id(self)] = run[:, -1, :]
         return above & (run >= self.windows)
+
+    def _latched(self, triggered: torch.Tensor, state: GenerationState) -> torch.Tensor:
+        """Where each policy has triggered in the row so far: at this token or an earlier one.
+
+        A prompt arrives whole, so a trigger anywhere in it latches all of its tokens: the
+        context that led there (a style cue, an earlier decision) is edited too, not only what
+        follows. Text read as a reply (`as_reply`) stays causal, token by token."""
+        carry = state.latched.get(id(self))
+        if carry is None:
+            carry = torch.zeros_like(triggered[:, 0, :])
+        since = (triggered.cumsum(dim=1) > 0) | carry[:, None, :]  # [b, s, n_pol]
+        state.latched[id(self)] = since[:, -1, :]
+        if state.context.is_prompt:
+            return since[:, -1:, :].expand_as(since)
+        return since
 
     def _edit(
         self, x: torch.Tensor, f: torch.Tensor, masks: dict[str, torch.Tensor]
@@ -200,6 +223,7 @@ class LayerEngine:
 class _Edit:
     policy: int
     kind: str  # "clamp" | "ablate"
-    where: str  # tokens edited: "triggered" (conditional), "scope" (always), "response" (steer)
+    where: str  # tokens edited: "triggered" (conditional), "latched", "scope" (always),
+    # "response" (steer)
     target: torch.Tensor | None = None  # clamp: [k_p] values
     basis: torch.Tensor | None = None  # ablate: [k_p, d] orthonormal rows

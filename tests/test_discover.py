@@ -312,6 +312,56 @@ def test_intervene_thresholds_each_set_at_the_benign_quantile(inter: Interventio
                   benign_quantile=1.0)  # fmt: skip
 
 
+def test_intervene_widen_edits_more_features_without_scoring_them(tmp_path: Path) -> None:
+    """A model that writes "z" and "y", an SAE with a feature along each letter's logit
+    direction, and a checker that counts both: selection limited to one feature cuts one
+    letter; `widen` then adds the other feature with weight 0 (the threshold, set by the scored
+    feature alone, does not change), and the held-out rate drops further. The written policy is
+    latched, the widened feature in it with weight 0."""
+    torch.manual_seed(0)
+    tok = tw.char_tokenizer()
+    model = tw.tiny_model("llama", len(tok))
+    z, y = tok.convert_tokens_to_ids(["z", "y"])
+    with torch.no_grad():
+        model.lm_head.weight[[z, y]] *= 40
+    ups = (model.lm_head.weight[[z, y]] * model.model.norm.weight).detach()
+    basis = tw.orthonormal_with(ups[0] / ups[0].norm())
+    other = 4  # the feature along the part of "y"'s direction orthogonal to "z"'s
+    y_up = ups[1] - (ups[1] @ basis[tw.TARGET]) * basis[tw.TARGET]
+    rest = [i for i in range(tw.D_SAE) if i not in (tw.TARGET, other)]
+    vectors = torch.cat([basis[[tw.TARGET]], (y_up / y_up.norm())[None], basis[rest]])
+    q, _ = torch.linalg.qr(vectors.T)
+    q = q.T * torch.sign(torch.diagonal(q.T @ vectors.T))[:, None]  # keep each row's sign
+    basis[[tw.TARGET, other, *rest]] = q
+    sae = _save_sae(tmp_path / "sae", basis, torch.zeros(tw.D_SAE), LAST_HOOK)
+
+    def says_z_or_y(prompt: str, completion: str) -> str:
+        return "unsafe" if {"z", "y"} & set(completion) else "safe"
+
+    prompts, held_out = _texts(10, 8, seed=3), _texts(10, 8, seed=4)
+    kwargs = dict(held_out=held_out, max_features=1, methods=(("ablate", None),), mode="latched",
+                  samples_per_prompt=2, max_new_tokens=8, benign=_texts(6, 8, seed=5),
+                  benign_quantile=0.5)  # fmt: skip
+    narrow = intervene(model, tok, sae, LAST_HOOK, prompts, says_z_or_y, [tw.TARGET, other],
+                       **kwargs)  # fmt: skip
+    wide = intervene(model, tok, sae, LAST_HOOK, prompts, says_z_or_y, [tw.TARGET, other],
+                     widen=1, **kwargs)  # fmt: skip
+    assert len(narrow.features) == 1 and wide.features == narrow.features
+    assert wide.edit_only == tuple({tw.TARGET, other} - set(narrow.features))
+    assert [r.feature for r in wide.widen_rounds] == list(wide.edit_only)
+    assert wide.selected == wide.widen_rounds[-1].rate
+    assert wide.selected.objective(1.0) < narrow.selected.objective(1.0)
+    assert wide.held_out.positive < narrow.held_out.positive
+    assert wide.threshold == narrow.threshold
+    [policy] = _load_snippet(tmp_path, sae, LAST_HOOK, wide.snippet("no-zy", "s")).policies
+    assert policy.suppress.mode == "latched"
+    assert [(f.index, f.weight) for f in policy.features] == [
+        (narrow.features[0], 1.0), (wide.edit_only[0], 0.0)]  # fmt: skip
+    with pytest.raises(FeatureguardError, match="mode must be 'conditional' or 'latched'"):
+        intervene(model, tok, sae, LAST_HOOK, prompts, says_z_or_y, [tw.TARGET],
+                  **{**kwargs, "mode": "always"})  # fmt: skip
+
+
 def test_intervene_refuses_other_verdicts(inter: Intervention) -> None:
     """A checker must answer unsafe, safe or invalid."""
     with pytest.raises(FeatureguardError, match="'maybe'"):

@@ -79,7 +79,16 @@ class BuildConfig:
     candidates: int = 24
     """Features tried by the greedy selection (those that best split unsafe from safe)."""
     max_features: int = 8
-    """Most features the suppress policy may name."""
+    """Most features the suppress policy may score."""
+    suppress_mode: str = "latched"
+    """The suppress policy's mode: with `latched` a sequence is edited from its first trigger
+    on (the whole prompt if it triggers there). With the previous release's 7 features and
+    threshold (the benign 99th percentile), 400 validation completions were 34% unsafe when
+    edited only where the score passed the threshold (conditional), 20% latched: what leads to
+    unsafe code is set by context the trigger has already passed (a cue, an earlier decision)."""
+    widen_features: int = 8
+    """Most features `intervene`'s second pass may add to the edit with weight 0 (edited, not
+    scored): the scored set decides where to edit, the wider one what to remove there."""
     invalid_weight: float = 1.5
     """How much a broken completion counts against a feature set, next to an unsafe one."""
     benign_quantile: float = 0.99
@@ -100,8 +109,9 @@ class BuildConfig:
     suppress_max_altered: float = 0.005
     """Largest share of those benign replies the chosen threshold may change (the quality
     scorecard's target is 1% on the test prompts)."""
-    suppress_max_broken: float = 0.03
-    """Largest share of broken completions the chosen threshold may cause (the target is 5%)."""
+    suppress_max_broken: float = 0.04
+    """Largest share of broken completions the chosen threshold may cause (the target is 5%;
+    the widened, latched ablation breaks 3-4% at every threshold tried)."""
     steer_strengths: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25)
     """Multiples of each feature's max tried for the steer policy."""
     steer_prompts: int = 400
@@ -143,6 +153,7 @@ SCALES = {
         intervene_prompts=6,
         candidates=3,
         max_features=1,
+        widen_features=1,
         benign=300,
         benign_texts=20,
         suppress_quantiles=(0.99, 0.9),
@@ -288,6 +299,7 @@ def _suppressor(cfg: BuildConfig, model: Any, tok: Any, sae_dir: Path, policy_di
     benign += [a.text for a, _ in twins("train", m, seed=cfg.seed + 6, domain="code")]
     result = intervene(model, tok, sae_dir, hook, select, check_code, candidates,
                        held_out=held_out, max_features=cfg.max_features,
+                       widen=cfg.widen_features, mode=cfg.suppress_mode,
                        invalid_weight=cfg.invalid_weight, benign=benign,
                        benign_quantile=cfg.benign_quantile, seed=cfg.seed)  # fmt: skip
     policy = result.policy("unsafe-code-suppress", "demo")
@@ -299,11 +311,12 @@ def _suppressor(cfg: BuildConfig, model: Any, tok: Any, sae_dir: Path, policy_di
     else:  # nothing lowered the rate: ablate the best-separating candidate
         top = candidates[0]
         policy["features"] = [{"index": top, "max": result.maxes.get(top, 1.0) or 1.0}]
-        policy["suppress"] = {"method": "ablate", "mode": "conditional"}
+        policy["suppress"] = {"method": "ablate", "mode": cfg.suppress_mode}
         policy["description"] = "no feature measurably cut unsafe code; best separating one"
     _write_policy(policy_dir / "unsafe-code-suppress.yaml", sae_dir, hook, [policy])
     pool = [{"index": f, "max": result.maxes[f]} for f in candidates if f in result.maxes]
-    return {"features": list(result.features), "method": result.method,
+    return {"features": list(result.features), "edit_only": list(result.edit_only),
+            "mode": cfg.suppress_mode, "method": result.method,
             "strength": result.strength, "held_out_baseline": result.held_out_baseline.positive,
             "held_out": result.held_out.positive, "threshold": tuning}, policy, pool  # fmt: skip
 
@@ -318,7 +331,7 @@ def _tune_threshold(cfg: BuildConfig, model: Any, tok: Any, sae_dir: Path, polic
     the share of greedy replies to prose and safe-leaning prompts that differ from the
     unwrapped model's. The lowest unsafe rate within `suppress_max_altered` and
     `suppress_max_broken` wins (ties: the higher threshold); the 99th percentile if none fits."""
-    features = [f["index"] for f in policy["features"]]
+    features = [f["index"] for f in policy["features"] if f.get("weight", 1.0)]  # the scored
     acts = token_activations(model, tok, sae_dir, cfg.suppress_hook, benign, features=features)
     rows = [a.acts for a in acts if len(a.ids)]
     unsafe_prompts = lean_prompts("validation", "unsafe", cfg.suppress_prompts, seed=cfg.seed)

@@ -75,7 +75,21 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     i.add_argument(
         "--benign-quantile", type=float, default=0.99, help="see --benign (default 0.99)"
     )
+    i.add_argument(
+        "--mode",
+        default="conditional",
+        choices=("conditional", "latched"),
+        help="edit the triggering tokens only, or every token from a sequence's first trigger "
+        "on (the whole prompt if it triggers there); default conditional",
+    )
     i.add_argument("--max-features", type=int, default=5, help="most features chosen (5)")
+    i.add_argument(
+        "--widen",
+        type=int,
+        default=0,
+        help="then add up to N features that are edited but not scored (weight 0), chosen "
+        "the same way (default 0)",
+    )
     i.add_argument("--held-out", type=float, default=0.3, help="fraction of prompts held out")
     i.add_argument("--samples", type=int, default=1, help="completions per prompt (1)")
     i.add_argument("--max-new-tokens", type=int, default=48)
@@ -228,7 +242,9 @@ def _intervene(args: argparse.Namespace, model: Any, tokenizer: Any) -> int:
         held_out=held_out,
         benign=None if args.benign is None else [e.text for e in read_examples(args.benign)],
         benign_quantile=args.benign_quantile,
+        mode=args.mode,
         max_features=args.max_features,
+        widen=args.widen,
         samples_per_prompt=args.samples,
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
@@ -237,12 +253,16 @@ def _intervene(args: argparse.Namespace, model: Any, tokenizer: Any) -> int:
     for t in result.trials:
         steps = ", ".join(f"+{r.feature}: {r.rate.positive:.3f}" for r in t.rounds) or "none"
         print(f"{t.method} {'' if t.strength is None else t.strength}: {steps}")
+    if result.widen_rounds:
+        steps = ", ".join(f"+{r.feature}: {r.rate.positive:.3f}" for r in result.widen_rounds)
+        print(f"widened (edited, weight 0): {steps}")
     print(f"baseline {result.baseline.positive:.3f} on {result.baseline.total} selection samples")
     if not result.features:
         print("no candidate lowered the unsafe rate; no policy written")
         return 1
     print(
-        f"chosen {list(result.features)} ({result.method}); held out: "
+        f"chosen {list(result.features)} ({result.method}"
+        f"{f', also edited {list(result.edit_only)}' if result.edit_only else ''}); held out: "
         f"{result.held_out.positive:.3f} vs unwrapped {result.held_out_baseline.positive:.3f}"
     )
     _emit(result.snippet(args.policy_name, args.sae_name), args.out)

@@ -9,15 +9,22 @@ the selection prompts most, and stops when no candidate lowers it. Every conditi
 with the same seed (common random numbers), so the comparisons are paired. The best method's
 set is then measured on held-out prompts against the unwrapped model.
 
+With `widen` > 0 a second greedy pass adds features that are edited but not scored (weight 0):
+which tokens the policy edits stays what the chosen set's score decides, and the edit grows to
+cover more of what carries the concept where it is applied. A wider score would raise the
+benign threshold with it; a wider edit only acts where the policy already triggers.
+
 A completion is bad when the checker says "unsafe", or, weighted by `invalid_weight`,
 "invalid": an edit that breaks the output must not look like one that makes it safe.
 
 The policy measured is the policy written: each feature with weight 1 and its `max` (the
 largest activation on the selection prompts and their unwrapped completions, in the guard's
 units), threshold 0 by default (edit the tokens where any chosen feature fires), scope both,
-mode conditional. On a triggered token, clamp sets every chosen feature to `times_max` × its
-max; ablate removes the span of their decoder directions. For a TopK SAE the guard's units are
-ReLU(pre-activation) without the top-k competition, so "fires" is broader than in the SAE.
+mode conditional by default (`latched` edits every token of a sequence from its first trigger
+on, the whole prompt if it triggers there). On an edited token, clamp sets every chosen feature
+to `times_max` × its max; ablate removes the span of their decoder directions. For a TopK SAE
+the guard's units are ReLU(pre-activation) without the top-k competition, so "fires" is broader
+than in the SAE.
 """
 
 from __future__ import annotations
@@ -105,6 +112,10 @@ class InterveneResult:
 
     features: tuple[int, ...]
     """The chosen features (empty when no candidate lowered the rate)."""
+    edit_only: tuple[int, ...]
+    """Features added by `widen`: edited with the chosen ones, weight 0 in the score."""
+    widen_rounds: tuple[Round, ...]
+    """Each accepted round of `widen` (rates on the selection prompts)."""
     maxes: Mapping[int, float]
     """Largest activation of each candidate that fired (guard units), used by times_max."""
     method: str
@@ -115,6 +126,8 @@ class InterveneResult:
     """The policy's threshold: the features are edited where Σ f exceeds it."""
     scope: str
     """The policy's scope."""
+    mode: str
+    """The suppress mode: conditional or latched."""
     baseline: Rate
     """Unwrapped model on the selection prompts."""
     selected: Rate
@@ -134,11 +147,13 @@ class InterveneResult:
             name,
             sae_name,
             self.features,
+            self.edit_only,
             self.maxes,
             self.method,
             self.strength,
             self.threshold,
             self.scope,
+            self.mode,
         )
 
     def snippet(self, name: str = "intervene", sae_name: str = "sae", **extra: Any) -> str:
@@ -168,19 +183,22 @@ def _policy(
     name: str,
     sae_name: str,
     features: Sequence[int],
+    edit_only: Sequence[int],
     maxes: Mapping[int, float],
     method: str,
     strength: float | None,
     threshold: float,
     scope: str,
+    mode: str,
 ) -> dict[str, Any]:
-    suppress: dict[str, Any] = {"method": method, "mode": "conditional"}
+    suppress: dict[str, Any] = {"method": method, "mode": mode}
     if method == "clamp":
         suppress["times_max"] = strength
     return {
         "name": name,
         "sae": sae_name,
-        "features": [{"index": f, "weight": 1.0, "max": maxes[f]} for f in features],
+        "features": [{"index": f, "weight": 1.0, "max": maxes[f]} for f in features]
+        + [{"index": f, "weight": 0.0, "max": maxes[f]} for f in edit_only],
         "threshold": threshold,
         "action": "suppress",
         "scope": scope,
@@ -389,6 +407,7 @@ def intervene(
     *,
     held_out: Sequence[str],
     max_features: int = 5,
+    widen: int = 0,
     methods: Sequence[tuple[str, float | None]] = (("clamp", -0.5), ("ablate", None)),
     samples_per_prompt: int = 1,
     max_new_tokens: int = 48,
@@ -396,6 +415,7 @@ def intervene(
     seed: int = 0,
     threshold: float = 0.0,
     scope: str = "both",
+    mode: str = "conditional",
     invalid_weight: float = 1.0,
     batch_size: int = 32,
     benign: Sequence[str] | None = None,
@@ -409,9 +429,16 @@ def intervene(
     is not enough: one edited token changes the rest of a greedy reply, and a threshold that
     only 5% of benign tokens exceed still fires somewhere in most texts. In guard units a TopK
     SAE's features fire far more broadly than in the SAE: at threshold 0 a "conditional" edit
-    touches most tokens of ordinary text."""
+    touches most tokens of ordinary text.
+
+    `mode` is the policy's suppress mode (conditional or latched); `widen` the most features
+    the second greedy pass may add with weight 0 (module docstring)."""
+    if widen < 0:
+        raise FeatureguardError(f"widen must be >= 0, got {widen}")
     if not 0.0 < benign_quantile < 1.0:
         raise FeatureguardError(f"benign_quantile must be in (0, 1), got {benign_quantile}")
+    if mode not in ("conditional", "latched"):
+        raise FeatureguardError(f"mode must be 'conditional' or 'latched', got {mode!r}")
     if not prompts or not held_out:
         raise FeatureguardError("intervene needs selection prompts and held-out prompts")
     if len(set(candidates)) != len(candidates) or not candidates:
@@ -442,9 +469,10 @@ def intervene(
         return benign_threshold([text[:, cols] for text in benign_scores], benign_quantile,
                                 threshold)  # fmt: skip
 
-    def policy(features: Sequence[int], method: str, strength: float | None) -> dict:
-        return _policy("intervene", "sae", features, maxes, method, strength,
-                       threshold_of(features), scope)  # fmt: skip
+    def policy(features: Sequence[int], method: str, strength: float | None,
+               edit_only: Sequence[int] = ()) -> dict:  # fmt: skip
+        return _policy("intervene", "sae", features, edit_only, maxes, method, strength,
+                       threshold_of(features), scope, mode)  # fmt: skip
 
     trials = []
     for method, strength in methods:
@@ -456,21 +484,34 @@ def intervene(
     winner = min(
         trials, key=lambda t: (t.rate.objective(invalid_weight), len(t.features), order[id(t)])
     )
+    edit_only: tuple[int, ...] = ()
+    widen_rounds: tuple[Round, ...] = ()
+    if widen > 0 and winner.features:
+        rest = [f for f in pool if f not in winner.features]
+
+        def measure_wider(extra: Sequence[int]) -> Rate:
+            doc = policy(winner.features, winner.method, winner.strength, extra)
+            return run.measure(prompts, doc)
+
+        edit_only, widen_rounds = _greedy(measure_wider, rest, winner.rate, widen, invalid_weight)
     held_base = run.measure(held_out)
     held = (
-        run.measure(held_out, policy(winner.features, winner.method, winner.strength))
+        run.measure(held_out, policy(winner.features, winner.method, winner.strength, edit_only))
         if winner.features
         else held_base
     )
     return InterveneResult(
         features=winner.features,
+        edit_only=edit_only,
+        widen_rounds=widen_rounds,
         maxes=maxes,
         method=winner.method,
         strength=winner.strength,
         threshold=threshold_of(winner.features),
         scope=scope,
+        mode=mode,
         baseline=baseline,
-        selected=winner.rate,
+        selected=widen_rounds[-1].rate if widen_rounds else winner.rate,
         held_out_baseline=held_base,
         held_out=held,
         trials=tuple(trials),

@@ -20,7 +20,7 @@ Scope = Literal["prompt", "response", "both"]
 Severity = Literal["low", "medium", "high"]
 FailMode = Literal["closed", "open"]
 SuppressMethod = Literal["clamp", "ablate"]
-SuppressMode = Literal["conditional", "always"]
+SuppressMode = Literal["conditional", "latched", "always"]
 TraceFeatures = Literal["policy", "topk"]
 FsyncMode = Literal["request", "record", "never"]
 
@@ -118,7 +118,9 @@ class SuppressSpec:
     times_max: float | None = None
     """clamp only: set each feature to this multiple of its own `max`."""
     mode: SuppressMode = "conditional"
-    """conditional: only on tokens where the policy triggers; always: on every token."""
+    """conditional: only on tokens where the policy triggers; latched: on every in-scope token
+    of a sequence from the first one where it triggers (a trigger in the prompt: the whole
+    prompt); always: on every in-scope token."""
     where: Location = field(compare=False)
     """Where the section was written."""
 

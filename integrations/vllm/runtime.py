@@ -41,6 +41,10 @@ from featureguard.integrations.vllm.config import (
 from featureguard.outcomes import collect
 from featureguard.policy import PolicySet, load_policies
 
+# What an engine carries from one step of a request to the next (GenerationState fields): the
+# window runs and the latched policies, each [batch, n_policies].
+_CARRIED = (("runs", torch.long), ("latched", torch.bool))
+
 Selection = tuple[str, ...]
 
 
@@ -220,10 +224,12 @@ class GuardRuntime:
         state = GenerationState(batch=r, device=x.device)
         state.context = StepContext(valid=group.valid, is_prompt=is_prompt, position=0)
         reqs = [self.requests[s.request] for s in spans]
-        carried = [req.state.runs.get(id(engine)) for req in reqs]
-        if any(c is not None for c in carried):
-            zero = torch.zeros(1, len(engine.policies), dtype=torch.long, device=x.device)
-            state.runs[id(engine)] = torch.cat([zero if c is None else c for c in carried])
+        for carry, dtype in _CARRIED:
+            carried = [getattr(req.state, carry).get(id(engine)) for req in reqs]
+            if any(c is not None for c in carried):
+                zero = torch.zeros(1, len(engine.policies), dtype=dtype, device=x.device)
+                getattr(state, carry)[id(engine)] = torch.cat(
+                    [zero if c is None else c for c in carried])  # fmt: skip
         out = engine(xs, state)
         rec = state.records[-1]
         for i, (span, req) in enumerate(zip(spans, reqs, strict=True)):
@@ -232,7 +238,9 @@ class GuardRuntime:
             req.state.records.append(StepRecord(
                 engine, span.position, is_prompt, rec.activations[one], rec.scores[one],
                 rec.triggered[one], rec.valid[one], top))  # fmt: skip
-            req.state.runs[id(engine)] = state.runs[id(engine)][one]
+            for carry, _ in _CARRIED:
+                if id(engine) in getattr(state, carry):
+                    getattr(req.state, carry)[id(engine)] = getattr(state, carry)[id(engine)][one]
             req.state.blocked |= state.blocked[one]
         if out is None:
             return edited

@@ -66,8 +66,15 @@ def test_build_writes_every_artifact(built: Path) -> None:
                   and t["broken"] <= cfg.suppress_max_broken]  # fmt: skip
         assert tuning["chosen"] == (min(within, key=lambda t: (t["unsafe"], -t["threshold"]))
                                     if within else tuning["tried"][0])  # fmt: skip
-        written = yaml.safe_load((built / "policies/demo/unsafe-code-suppress.yaml").read_text())
-        assert written["policies"][0]["threshold"] == tuning["chosen"]["threshold"]
+        path = built / "policies/demo/unsafe-code-suppress.yaml"
+        [written] = yaml.safe_load(path.read_text())["policies"]
+        assert written["threshold"] == tuning["chosen"]["threshold"]
+        # The scored features (weight 1), then the widened ones (edited, weight 0).
+        assert [(f["index"], f["weight"]) for f in written["features"]] == [
+            *((f, 1.0) for f in suppress["features"]),
+            *((f, 0.0) for f in suppress["edit_only"]),
+        ]
+        assert written["suppress"]["mode"] == suppress["mode"] == cfg.suppress_mode
 
 
 def test_reusing_the_model_rebuilds_the_same_saes_and_policies(built: Path, tmp_path: Path) -> None:

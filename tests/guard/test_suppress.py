@@ -153,3 +153,47 @@ def test_always_edits_every_in_scope_token(world: tw.World, tmp_path: Path, scop
         torch.testing.assert_close(step.after[edit], expected[edit], atol=1e-5, rtol=0)
         assert torch.equal(step.after[~edit], step.before[~edit]), f"pass {k}"
         assert bool(edit.any()) != (k == 0 and scope == "response"), f"pass {k}"
+
+
+@pytest.mark.parametrize("aimed_at", ["reply", "prompt"])
+def test_latched_edits_every_token_from_the_first_trigger(
+    world: tw.World, tmp_path: Path, aimed_at: str
+) -> None:
+    """Mode latched clamps every real token of a row from its first trigger on, and the whole
+    prompt when the trigger is in it; tokens before, padding and other rows stay bit-identical."""
+    threshold, basis, sae_dir = world.threshold, world.basis, world.sae_dir
+    if aimed_at == "prompt":
+        target = world.aim(tmp_path / "sae-prompt", world.prompt_tokens())
+        threshold, basis, sae_dir = target.threshold, target.basis, target.sae_dir
+    value = -0.3 * world.score
+    spec = {"method": "clamp", "value": value, "mode": "latched"}
+    doc = tw.policy_doc(world, tmp_path, action="suppress", threshold=threshold, suppress=spec)
+    doc["saes"]["s"]["path"] = str(sae_dir)
+    path = tw.write_yaml(doc, tmp_path / "p.yaml")
+    with (
+        fg.wrap(world.model, path, tokenizer=world.tokenizer, audit=fg.MemorySink()) as guard,
+        tw.around_guard(world.model, world.hook) as passes,
+    ):
+        out = tw.generate(world.model, world.tokenizer, tw.PROMPTS, 8)
+        first_hit: dict[int, int] = {}
+        for r, o in enumerate(guard.last):
+            for t in o.triggers:
+                pos = t.token_index + world.pads(r)
+                first_hit[r] = min(first_hit.get(r, pos), pos)
+    p = world.prompt_len
+    assert (first_hit[world.row] < p) == (aimed_at == "prompt")
+    q = basis[tw.TARGET]
+    for k, step in enumerate(passes):
+        first = 0 if k == 0 else p + k - 1
+        positions = torch.arange(first, first + step.before.shape[1])
+        edit = tw.real_tokens(token_ids(out, p, k)).clone()
+        for r in range(edit.shape[0]):
+            hit = first_hit.get(r)
+            if hit is None:
+                edit[r] = False
+            elif not (k == 0 and hit < p):  # a trigger in the prompt latches all of it
+                edit[r] &= positions >= hit
+        pre = step.before @ q  # [b, s]
+        expected = step.before + (value - pre.clamp(min=0))[..., None] * q
+        torch.testing.assert_close(step.after[edit], expected[edit], atol=1e-5, rtol=0)
+        assert torch.equal(step.after[~edit], step.before[~edit]), f"pass {k}"

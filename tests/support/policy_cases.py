@@ -211,7 +211,7 @@ CASES = [
     Case("method-enum", edit(13, "action: suppress\nsuppress: {method: zero}"),
          14, "policies[0].suppress.method", "expected one of 'clamp', 'ablate'"),
     Case("mode-enum", edit(13, "action: suppress\nsuppress: {method: ablate, mode: never}"),
-         14, "policies[0].suppress.mode", "expected one of 'conditional', 'always'"),
+         14, "policies[0].suppress.mode", "expected one of 'conditional', 'latched', 'always'"),
     Case("empty-name", edit(14, "- name: ''"),
          14, "policies[1].name", "expected a non-empty string, got string ''"),
     Case("blank-sae-path", edit(4, "path: '   '"),
