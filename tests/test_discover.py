@@ -405,10 +405,12 @@ def test_cli_detect_and_intervene(det: Detection, inter: Intervention, tmp_path:
     args = _parse(["discover", "intervene", "--model", str(tmp_path / "m2"), "--sae",
                    str(inter.sae), "--prompts", str(tmp_path / "prompts.txt"), "--checker",
                    f"{tmp_path / 'check.py'}:check", "--candidates", "3", "--max-features", "1",
-                   "--samples", "2", "--max-new-tokens", "6"])  # fmt: skip
+                   "--samples", "2", "--max-new-tokens", "6", "--mode", "latched",
+                   "--widen", "1"])  # fmt: skip
+    assert (args.mode, args.widen) == ("latched", 1)
     assert run(args) == 0
     out = capsys.readouterr().out
-    assert "action: suppress" in out and f"index: {tw.TARGET}" in out
+    assert "action: suppress" in out and f"index: {tw.TARGET}" in out and "mode: latched" in out
     # --contrast prompts join the ranking of candidates (2 samples each), not the selection
     args = _parse(["discover", "intervene", "--model", str(tmp_path / "m2"),
                    "--sae", str(inter.sae), "--prompts", str(tmp_path / "prompts.txt"),
