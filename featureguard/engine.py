@@ -11,8 +11,8 @@ Layer maths, per token (x: the hooked activation, f: the named features' activat
                                                     for `window` in-scope tokens in a row
     clamp     x' = x + Σ_i (c_i − f_i) W_dec[i]     the SAE error term is kept
     ablate    x' = x − Q Qᵀ x                        Q: orthonormal basis of the decoder rows
-Edits apply where the policy triggers (suppress mode `conditional`), on every token of a row
-from its first trigger on (`latched`), or on every in-scope token (`always`).
+Edits apply where the policy triggers (suppress mode `conditional`), on every in-scope token of
+a row from its first trigger on (`latched`), or on every in-scope token (`always`).
 Tokens no edit applies to are returned bit-identical (`torch.where`, never `x + 0`).
 """
 

@@ -17,14 +17,14 @@ benign threshold with it; a wider edit only acts where the policy already trigge
 A completion is bad when the checker says "unsafe", or, weighted by `invalid_weight`,
 "invalid": an edit that breaks the output must not look like one that makes it safe.
 
-The policy measured is the policy written: each feature with weight 1 and its `max` (the
-largest activation on the selection prompts and their unwrapped completions, in the guard's
-units), threshold 0 by default (edit the tokens where any chosen feature fires), scope both,
-mode conditional by default (`latched` edits every token of a sequence from its first trigger
-on, the whole prompt if it triggers there). On an edited token, clamp sets every chosen feature
-to `times_max` × its max; ablate removes the span of their decoder directions. For a TopK SAE
-the guard's units are ReLU(pre-activation) without the top-k competition, so "fires" is broader
-than in the SAE.
+The policy measured is the policy written: each chosen feature with weight 1 (a widened one
+with weight 0) and its `max` (the largest activation on the selection prompts and their
+unwrapped completions, in the guard's units), threshold 0 by default (edit the tokens where
+any chosen feature fires), scope both, mode conditional by default (`latched` edits every token
+of a sequence from its first trigger on, the whole prompt if it triggers there). On an edited
+token, clamp sets every feature to `times_max` × its max; ablate removes the span of their
+decoder directions. For a TopK SAE the guard's units are ReLU(pre-activation) without the top-k
+competition, so "fires" is broader than in the SAE.
 """
 
 from __future__ import annotations
@@ -123,7 +123,7 @@ class InterveneResult:
     strength: float | None
     """clamp: times_max; None for ablate."""
     threshold: float
-    """The policy's threshold: the features are edited where Σ f exceeds it."""
+    """The policy's threshold: it triggers where Σ f over the chosen features exceeds it."""
     scope: str
     """The policy's scope."""
     mode: str
