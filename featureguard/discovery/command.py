@@ -18,7 +18,12 @@ import torch
 
 from featureguard.discovery.activations import read_examples
 from featureguard.discovery.detect import PROBES, detect
-from featureguard.discovery.intervene import candidate_features, generate_completions, intervene
+from featureguard.discovery.intervene import (
+    MODES,
+    candidate_features,
+    generate_completions,
+    intervene,
+)
 from featureguard.errors import FeatureguardError
 
 __all__ = ["add_parser", "load_checker", "run"]
@@ -78,7 +83,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     i.add_argument(
         "--mode",
         default="conditional",
-        choices=("conditional", "latched"),
+        choices=MODES,
         help="edit the triggering tokens only, or every token from a sequence's first trigger "
         "on (the whole prompt if it triggers there); default conditional",
     )

@@ -57,6 +57,9 @@ __all__ = [
 
 Checker = Callable[[str, str], str]
 VERDICTS = ("unsafe", "safe", "invalid")
+# The suppress modes `intervene` measures: `always` edits every token, so there is no trigger to
+# select features for.
+MODES = ("conditional", "latched")
 
 
 @dataclass(frozen=True, slots=True)
@@ -437,7 +440,7 @@ def intervene(
         raise FeatureguardError(f"widen must be >= 0, got {widen}")
     if not 0.0 < benign_quantile < 1.0:
         raise FeatureguardError(f"benign_quantile must be in (0, 1), got {benign_quantile}")
-    if mode not in ("conditional", "latched"):
+    if mode not in MODES:
         raise FeatureguardError(f"mode must be 'conditional' or 'latched', got {mode!r}")
     if not prompts or not held_out:
         raise FeatureguardError("intervene needs selection prompts and held-out prompts")
