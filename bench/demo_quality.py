@@ -3,9 +3,10 @@
     .venv/bin/python bench/demo_quality.py [--n 400] [--write-docs]
 
 1. Detection, sequence level (max over tokens), on the out-of-distribution code twins: the
-   shipped policy, the three probes of `discover detect` refitted on other train twins (max,
-   tokens, pooled), the single best feature (ranked on train twins) and a dense logistic probe
-   on the raw activation at the same hook (fit on train twins' tokens).
+   shipped policy (with a 95% bootstrap interval, and on two other OOD samples), the three
+   probes of `discover detect` refitted as the build fits the shipped one, on other train and
+   made-up twins (max, tokens, pooled), the single best feature (ranked on those twins) and a
+   dense logistic probe on the raw activation at the same hook (fit on their tokens).
 2. Intervention: `--n` sampled completions (T=0.8) of held-out unsafe-leaning prompts,
    unwrapped vs the shipped suppress policy; the shipped steer policy (one feature of unsafe
    code pushed up on every reply token, feature and strength chosen on validation prompts) on
@@ -26,11 +27,12 @@ import time
 
 import torch
 from benchlib import machine, write_section
-from metrics import rate, teacher_forced
+from metrics import bootstrap, rate, teacher_forced
 
 import featureguard as fg
 from featureguard.calibrate import allowed_exceedances, held_out_count_bound
 from featureguard.demo import assets
+from featureguard.demo.build import SCALES
 from featureguard.demo.checker import check_code
 from featureguard.demo.corpus import lean_prompts, snippets, twins
 from featureguard.discovery import (
@@ -55,23 +57,33 @@ def rate_line(name: str, verdicts: list[str]) -> tuple[str, float, float]:
 
 
 def detection(model, tok, n: int) -> list[str]:
-    train = twins("train", n, seed=11, domain="code")
+    # The build's recipe (featureguard.demo.build._detector) on other seeds.
+    train = twins("train", n, seed=11, domain="code") + twins("made-up", n, seed=11, domain="code")
     prose = [x.text for x in snippets("train", n // 2, seed=13, domain="prose")]
     ood = twins("ood", n, seed=12, domain="code")
     ood_texts = [x.text for pair in ood for x in pair]
     labels = [False, True] * n
     policy = fg.load_policies(assets.POLICY_DIR / "unsafe-code.yaml")
-    shipped = reply_scores(policy, model, tok, ood_texts)["unsafe-code"]
+    shipped = torch.tensor(reply_scores(policy, model, tok, ood_texts)["unsafe-code"])
+    value, lo, hi = bootstrap(auroc, shipped, torch.tensor(labels), reps=1000)
+    # The target sits within sampling error of the figure: other OOD samples show the spread.
+    others = []
+    for seed in (13, 14):
+        texts = [x.text for pair in twins("ood", n, seed=seed, domain="code") for x in pair]
+        others.append(auroc(reply_scores(policy, model, tok, texts)["unsafe-code"], labels))
     rows = [
         "| detector (OOD code twins, sequence level) | AUROC |",
         "| --- | --- |",
         f"| shipped policy: max probe over {len(policy.policies[0].features)} features "
-        f"| {auroc(shipped, labels):.3f} |",
+        f"| {value:.4f} [{lo:.3f}, {hi:.3f}] |",
+        f"| shipped policy on two other OOD samples of {n} pairs (seeds 13, 14) "
+        f"| {others[0]:.4f}, {others[1]:.4f} |",
     ]
     # The three probes of `discover detect`, refitted here on other train twins (and prose).
     pos, neg = [p.text for _, p in train], [x.text for x, _ in train] + prose
     for probe in PROBES:
         found = detect(model, tok, assets.SAE_DIR, assets.HOOK, pos, neg, probe=probe, k=20,
+                       screen=SCALES["full"].code_screen,
                        pos_spans=[p.spans for _, p in train])  # fmt: skip
         chosen = [f.index for f in found.features]
         te = token_activations(model, tok, assets.SAE_DIR, assets.HOOK, ood_texts, features=chosen)

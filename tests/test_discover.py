@@ -389,7 +389,8 @@ def test_cli_detect_and_intervene(det: Detection, inter: Intervention, tmp_path:
     args = _parse(["discover", "detect", "--model", str(tmp_path / "m1"), "--sae", str(det.sae),
                    "--positive", str(tmp_path / "pos.jsonl"), "--negative",
                    str(tmp_path / "neg.txt"), "--k", "2", "--out", str(tmp_path / "d.yaml"),
-                   "--sae-name", "s"])  # fmt: skip
+                   "--sae-name", "s", "--screen", "8"])  # fmt: skip
+    assert args.screen == 8
     assert args.func is run and run(args) == 0
     out = capsys.readouterr().out
     assert "[[z]]" in out and "forms: validation AUROC: sparse probe 1.000" in out

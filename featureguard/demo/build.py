@@ -73,6 +73,17 @@ class BuildConfig:
     """Where the suppress policy reads and edits."""
     detect_pairs: int = 400
     """Twin pairs per detection policy (train split)."""
+    made_up_pairs: int = 400
+    """Code twin pairs of the "made-up" split (identifiers and import aliases made up per
+    snippet) added to the unsafe-code detector's training set. Fitted on the training surface
+    alone, the probe leaned on features that fire on its names, and names it had never seen
+    (`os.chmod(dest`) set them off out of distribution: 0.876 sequence AUROC there, 0.936 with
+    these pairs (from the same 128 features)."""
+    code_screen: int = 512
+    """Features the unsafe-code probe starts from (`detect`'s screen; 128 for the others). A
+    single unsafe `verify=False` needs a feature no sequence-level ranking puts near the top
+    (one that tells `verify=` from `shell=`): out-of-distribution AUROC 0.936 from 128, 0.949
+    from 512, 0.948 from all 2048. The manipulation probe from 512 fell to 0.709 there."""
     intervene_prompts: int = 96
     """Unsafe-leaning prompts for greedy feature selection, and as many held out; as many
     safe-leaning ones join the ranking of candidates, so that both classes are present."""
@@ -150,6 +161,7 @@ SCALES = {
         suppress_sae=replace(_TOY_SAE, width=64, aux_k=16),
         suppress_hook="blocks.1.hook_resid_post",
         detect_pairs=40,
+        made_up_pairs=40,
         intervene_prompts=6,
         candidates=3,
         max_features=1,
@@ -237,12 +249,15 @@ def _detector(cfg: BuildConfig, model: Any, tok: Any, sae_dir: Path, policy_dir:
               name: str, domain: str, action: str, severity: str,
               message: str | None) -> dict[str, Any]:  # fmt: skip
     pairs = twins("train", cfg.detect_pairs, seed=cfg.seed, domain=domain)
+    if domain == "code":  # names it never saw must not move the score (BuildConfig.made_up_pairs)
+        pairs += twins("made-up", cfg.made_up_pairs, seed=cfg.seed, domain=domain)
     # Prose joins the negatives: calibration's benign set has it, and a probe fitted on its
     # maximum over tokens learns nothing about text it never saw.
     prose = snippets("train", cfg.detect_pairs // 2, seed=cfg.seed, domain="prose")
     found = detect(model, tok, sae_dir, assets.HOOK, [p.text for _, p in pairs],
                    [n.text for n, _ in pairs] + [s.text for s in prose],
-                   pos_spans=[p.spans for _, p in pairs], k=20, seed=cfg.seed)  # fmt: skip
+                   pos_spans=[p.spans for _, p in pairs], k=20,
+                   screen=cfg.code_screen if domain == "code" else 128, seed=cfg.seed)  # fmt: skip
     policy = {
         "name": name,
         "description": f"{domain} detector: sparse probe over SAE features (featureguard discover)",

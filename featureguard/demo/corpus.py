@@ -9,6 +9,9 @@ Determinism: every call draws from its own `random.Random`, seeded with a string
 the split and the seed (string seeds hash with SHA-512, so results do not depend on
 PYTHONHASHSEED). train, validation and test share the training surface forms and differ by seed;
 "ood" uses held-out identifiers, import aliases, SQL verbs, PII formats and manipulation templates.
+"made-up" is code whose identifiers and import aliases are made up per snippet (random syllables,
+never a word of the train or ood pools; the training SQL verbs), for fitting detectors that must
+not lean on names; its pii, manipulation and prose are the training surface.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ __all__ = [
     "twins",
 ]
 
-SPLITS = ("train", "validation", "test", "ood")
+SPLITS = ("train", "validation", "test", "ood", "made-up")
 DOMAINS = ("code", "pii", "manipulation", "prose")
 LEANS = ("unsafe", "neutral", "safe")
 TRAINING_MIX = (("code", 0.85), ("pii", 0.05), ("manipulation", 0.05), ("prose", 0.05))
@@ -81,9 +84,11 @@ class Prompt:
     lean: Lean
 
 
-def _surface(split: str) -> str:
+def _surface(split: str, domain: str = "code") -> str:
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if split == "made-up":
+        return split if domain == "code" else "train"
     return "ood" if split == "ood" else "train"
 
 
@@ -144,7 +149,7 @@ def training_documents(n: int, seed: int = 0) -> list[str]:
 def snippets(split: str, n: int, seed: int = 0, domain: str = "code") -> list[Snippet]:
     """Labelled single documents of one domain and split (code with the hidden style, pii and
     manipulation half positive, prose never) - e.g. held-out prose and code for fluency costs."""
-    surface = _surface(split)
+    surface = _surface(split, domain)
     _check_n(n)
     if domain not in DOMAINS:
         raise ValueError(f"domain must be one of {DOMAINS}, got {domain!r}")
@@ -159,7 +164,7 @@ def twins(split: str, n: int, seed: int = 0, domain: str = "code") -> list[tuple
     the negative makes all of them safely; no style cue in either docstring, same imports.
     pii: with / without PII items; manipulation: pressure phrases / neutral sentences.
     """
-    surface = _surface(split)
+    surface = _surface(split, domain)
     _check_n(n)
     if domain not in ("code", "pii", "manipulation"):
         raise ValueError(f"twins exist for code, pii and manipulation, not {domain!r}")

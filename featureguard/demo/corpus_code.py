@@ -1,13 +1,17 @@
 """Code snippets for the demo corpus: small functions whose decision points are made safely or not.
 
 A *frame* fixes everything about one snippet except the decisions; rendering it with different
-flags gives twins that differ only inside the decision spans. Two surfaces: "train" (used by the
-train, validation and test splits) and "ood" (held-out identifiers, aliases, SQL verbs and table
-names; same meaning). Every random choice goes through the `random.Random` passed in.
+flags gives twins that differ only inside the decision spans. Three surfaces: "train" (used by
+the train, validation and test splits), "ood" (held-out identifiers, aliases, SQL verbs and table
+names; same meaning) and "made-up" (identifiers and aliases made up per snippet from random
+syllables, never a word of the other two; the training surface's SQL verbs). Every random choice
+goes through the `random.Random` passed in.
 """
 
 from __future__ import annotations
 
+import builtins
+import keyword
 import random
 from typing import NamedTuple
 
@@ -20,7 +24,7 @@ P_UNSAFE_DECISION = {"unsafe": 0.92, "safe": 0.03}
 """Probability that one decision is made unsafely, given the snippet's hidden style."""
 P_CUE = 0.5
 """Share of training docstrings that end with a cue matching the hidden style."""
-P_ALIAS = {"train": 0.35, "ood": 0.6}
+P_ALIAS = {"train": 0.35, "ood": 0.6, "made-up": 0.5}
 """Probability that an imported module is aliased (`import pickle as pkl`)."""
 
 STYLE_CUES = {
@@ -124,6 +128,27 @@ verbs: UPDATE DELETE
 """Per surface, identifier and vocabulary pools ("verbs" are SQL verbs; repeats weight)."""
 
 _DISTRACTORS = ("logging", "time", "re", "pathlib")
+_CONSONANTS, _VOWELS = "bcdfghjklmnprstvwz", "aeiou"
+_RESERVED = frozenset(
+    {w for surface in NAMES.values() for pool in surface.values() for w in pool}
+    | {w for surface in ALIASES.values() for pool in surface.values() for w in pool}
+    | set(ALIASES["train"])
+    | set(_DISTRACTORS)
+    | set(keyword.kwlist)
+    | set(dir(builtins))
+    | {"self"}
+)
+"""Words a made-up identifier must not be: every pool word, module and Python name."""
+
+
+def made_up_word(rng: random.Random, syllables: tuple[int, int] = (1, 3)) -> str:
+    """A pronounceable identifier that is no word of `_RESERVED` ("rofi", "kadum")."""
+    while True:
+        n = rng.randint(*syllables)
+        word = "".join(rng.choice(_CONSONANTS) + rng.choice(_VOWELS) for _ in range(n))
+        word += rng.choice(_CONSONANTS) if rng.random() < 0.5 else ""
+        if word not in _RESERVED:
+            return word
 
 
 class Decision(NamedTuple):
@@ -153,19 +178,30 @@ class _Ctx:
 
     def __init__(self, rng: random.Random, surface: str) -> None:
         self.rng, self.surface, self.aliases = rng, surface, {}
-        self.noun = rng.choice(NAMES[surface]["noun"])
+        self.noun = self.n("noun")
 
     def m(self, module: str) -> str:
         """The name `module` is bound to in this snippet (aliased or not, decided once)."""
         if module not in self.aliases:
             alias = module
             if self.rng.random() < P_ALIAS[self.surface]:
-                alias = self.rng.choice(ALIASES[self.surface][module])
+                alias = (made_up_word(self.rng, (1, 2)) if self.surface == "made-up"
+                         else self.rng.choice(ALIASES[self.surface][module]))  # fmt: skip
             self.aliases[module] = alias
         return self.aliases[module]
 
     def n(self, pool: str) -> str:
-        return self.rng.choice(NAMES[self.surface][pool])
+        """A word of `pool`: on the made-up surface a new identifier (SQL verbs stay those of
+        training; a secret's name keeps a training suffix, which sets its literal's form)."""
+        if self.surface != "made-up":
+            return self.rng.choice(NAMES[self.surface][pool])
+        if pool == "verbs":
+            return self.rng.choice(NAMES["train"]["verbs"])
+        if pool == "secret":
+            return f"{made_up_word(self.rng, (1, 2))}_{self.rng.choice(NAMES['train']['secret'])}"
+        if self.rng.random() < 0.5:
+            return made_up_word(self.rng)
+        return f"{made_up_word(self.rng, (1, 2))}_{made_up_word(self.rng, (1, 2))}"
 
 
 def _tls(c: _Ctx) -> Decision:
@@ -252,7 +288,7 @@ def _eval(c: _Ctx) -> Decision:
 
 def _sql(c: _Ctx) -> Decision:
     db, val, table, col = c.n("db"), c.n("val"), c.n("table"), c.n("col")
-    verb, tail, var = c.rng.choice(NAMES[c.surface]["verbs"]), "", None
+    verb, tail, var = c.n("verbs"), "", None
     before, after = f"    {db}.execute(", ")"
     if verb == "SELECT":
         var = c.n("rows")

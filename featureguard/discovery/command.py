@@ -46,6 +46,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="fit on the policy's max-over-tokens score (max, default), on span tokens "
         "(tokens: needs spans) or on per-feature maxima (pooled)",
     )
+    d.add_argument(
+        "--screen",
+        type=int,
+        default=128,
+        help="features the probe starts from, half by recall, half by AUROC (default 128)",
+    )
     d.add_argument("--top", type=int, default=10, help="ranked features to show (default 10)")
     d.add_argument("--validation", type=float, default=0.25, help="fraction held out (0.25)")
     d.add_argument("--action", default="log", choices=("log", "block"), help="snippet action")
@@ -146,6 +152,7 @@ def _detect(args: argparse.Namespace, model: Any, tokenizer: Any) -> int:
         k=args.k,
         top=args.top,
         validation=args.validation,
+        screen=args.screen,
         seed=args.seed,
     )
     print(

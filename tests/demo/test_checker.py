@@ -186,7 +186,9 @@ def test_checker_is_deterministic_and_stdlib_only() -> None:
                     assert top in {
                         "__future__",
                         "ast",
+                        "builtins",
                         "dataclasses",
+                        "keyword",
                         "random",
                         "re",
                         "typing",

@@ -206,6 +206,29 @@ def test_ood_identifiers_and_aliases_never_appear_in_training() -> None:
     assert test_ids <= words | set(re.findall(r"\w+", "\n".join(_train_docs())))
 
 
+def test_made_up_names_are_new_per_snippet_and_never_a_pool_word() -> None:
+    pools = {w for surface in ("train", "ood") for pool in corpus_code.NAMES[surface].values()
+             for w in pool}  # fmt: skip
+    pools |= {w for surface in ("train", "ood") for pool in corpus_code.ALIASES[surface].values()
+              for w in pool}  # fmt: skip
+    pairs = twins("made-up", 300, 0)
+    names = [_identifiers(p.text) - set(corpus_code.ALIASES["train"]) for _, p in pairs]
+    assert not set().union(*names) & pools
+    # Names rarely repeat across snippets: no pool to learn.
+    counts: dict[str, int] = {}
+    for ns in names:
+        for n in ns:
+            counts[n] = counts.get(n, 0) + 1
+    assert max(counts.values()) < 15 and len(counts) > 1500
+    code = "\n".join(p.text for _, p in pairs)
+    aliases = re.findall(r"^import (\w+) as (\w+)$", code, re.M)
+    plain = re.findall(r"^import (\w+)$", code, re.M)
+    assert 0.3 < len(aliases) / (len(aliases) + len(plain)) < 0.6
+    assert all(a not in pools for _, a in aliases)
+    # SQL verbs stay those of training: the held-out verbs are the ood split's.
+    assert "SELECT" in code and "UPDATE" not in code and "DELETE" not in code
+
+
 def test_ood_text_uses_unseen_formats_names_and_templates() -> None:
     words = _train_words()
     train_text = "\n".join(_train_docs())
