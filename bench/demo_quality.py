@@ -64,7 +64,7 @@ def detection(model, tok, n: int) -> list[str]:
     ood_texts = [x.text for pair in ood for x in pair]
     labels = [False, True] * n
     policy = fg.load_policies(assets.POLICY_DIR / "unsafe-code.yaml")
-    shipped = torch.tensor(reply_scores(policy, model, tok, ood_texts)["unsafe-code"])
+    shipped = torch.as_tensor(reply_scores(policy, model, tok, ood_texts)["unsafe-code"])
     value, lo, hi = bootstrap(auroc, shipped, torch.tensor(labels), reps=1000)
     # The target sits within sampling error of the figure: other OOD samples show the spread.
     others = []
