@@ -33,6 +33,7 @@ from featureguard.demo.corpus import (
 )
 from featureguard.demo.lm import LMConfig, new_model, pack, save, train_lm, train_tokenizer
 from featureguard.discovery import (
+    SCREEN,
     benign_threshold,
     candidate_features,
     detect,
@@ -80,7 +81,8 @@ class BuildConfig:
     (`os.chmod(dest`) set them off out of distribution: 0.876 sequence AUROC there, 0.936 with
     these pairs (from the same 128 features)."""
     code_screen: int = 512
-    """Features the unsafe-code probe starts from (`detect`'s screen; 128 for the others). A
+    """Features the unsafe-code probe starts from (`detect`'s screen; the others keep its
+    default, `SCREEN` = 128). A
     single unsafe `verify=False` needs a feature no sequence-level ranking puts near the top
     (one that tells `verify=` from `shell=`): out-of-distribution AUROC 0.936 from 128, 0.949
     from 512, 0.948 from all 2048. The manipulation probe from 512 fell to 0.709 there."""
@@ -254,10 +256,11 @@ def _detector(cfg: BuildConfig, model: Any, tok: Any, sae_dir: Path, policy_dir:
     # Prose joins the negatives: calibration's benign set has it, and a probe fitted on its
     # maximum over tokens learns nothing about text it never saw.
     prose = snippets("train", cfg.detect_pairs // 2, seed=cfg.seed, domain="prose")
+    screen = cfg.code_screen if domain == "code" else SCREEN
     found = detect(model, tok, sae_dir, assets.HOOK, [p.text for _, p in pairs],
                    [n.text for n, _ in pairs] + [s.text for s in prose],
-                   pos_spans=[p.spans for _, p in pairs], k=20,
-                   screen=cfg.code_screen if domain == "code" else 128, seed=cfg.seed)  # fmt: skip
+                   pos_spans=[p.spans for _, p in pairs], k=20, screen=screen,
+                   seed=cfg.seed)  # fmt: skip
     policy = {
         "name": name,
         "description": f"{domain} detector: sparse probe over SAE features (featureguard discover)",

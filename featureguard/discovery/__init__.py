@@ -19,6 +19,7 @@ from featureguard.discovery.activations import (
 )
 from featureguard.discovery.command import add_parser, run
 from featureguard.discovery.detect import (
+    SCREEN,
     DetectResult,
     FeatureStat,
     ProbeFeature,
@@ -41,6 +42,7 @@ from featureguard.discovery.scores import Reply, reply_scores
 from featureguard.discovery.snippet import policy_snippet
 
 __all__ = [
+    "SCREEN",
     "DetectResult",
     "Example",
     "FeatureStat",

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from featureguard.discovery.activations import read_examples
-from featureguard.discovery.detect import PROBES, detect
+from featureguard.discovery.detect import PROBES, SCREEN, detect
 from featureguard.discovery.intervene import (
     MODES,
     candidate_features,
@@ -49,8 +49,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     d.add_argument(
         "--screen",
         type=int,
-        default=128,
-        help="features the probe starts from, half by recall, half by AUROC (default 128)",
+        default=SCREEN,
+        help=f"features the probe starts from, half by recall, half by AUROC (default {SCREEN})",
     )
     d.add_argument("--top", type=int, default=10, help="ranked features to show (default 10)")
     d.add_argument("--validation", type=float, default=0.25, help="fraction held out (0.25)")

@@ -73,6 +73,8 @@ PROBES = ("max", "tokens", "pooled")
 RECALL_QUANTILE = 0.99
 """`FeatureStat.recall_seq` counts the positive texts above this quantile of the negatives'
 per-text maxima: the recall of the feature alone at about 1% false positives."""
+SCREEN = 128
+"""Features the probe starts from by default (`detect`'s `screen`)."""
 MAX_PROBE_RIDGE = 0.3
 """Ridge on the standardised weights of the "max" probe's refit: with little of it the probe
 fits the training surface forms (validation AUROC up, out-of-distribution down)."""
@@ -334,7 +336,7 @@ def detect(
     k: int = 20,
     top: int = 10,
     validation: float = 0.25,
-    screen: int = 128,
+    screen: int = SCREEN,
     seed: int = 0,
     batch_size: int = 32,
 ) -> DetectResult:
